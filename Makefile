@@ -1,0 +1,38 @@
+# The two commands of the README, plus helpers. Each creates the pinned environment if missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench env lock clean-env
+
+# Create .venv from the lock (exact versions of every package), then install drlx itself.
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+# Main job: the default pipeline (embedded experiments) through DVC.
+run: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
+
+# The test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+# Re-lock after changing pyproject.toml's pins (needs a working .venv).
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable > requirements.lock
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,136 @@
+"""Noise schedules and the forward process (REFERENCE section 2).
+
+Arrays of a schedule have length T+1 (index i = 0..T); conditional EBMs are indexed by level
+t = 0..T-1 and use entry t+1 for the step from x_t to x_{t+1}:
+    x_t = abar_t x + sigmabar_t eps,        x_{t+1} = a_{t+1} x_t + sigma_{t+1} eps'.
+Schedules are computed in float64 numpy and stored as float32 arrays.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+
+class Schedule(eqx.Module):
+    """Per-level contraction a_i, noise sigma_i and their cumulative abar_i, sigmabar_i.
+
+    `a_out[i]` rescales x_{i-1} into the EBM variable y = a_out[i] x_{i-1} of level i-1; it is a_i
+    except at the top (i = T), where the EBM is unconditional and y = x_{T-1}. `tethered[i]` is 0
+    at the top level, where the Gaussian tether term is dropped (REFERENCE section 3).
+    """
+
+    a: Float[Array, " T1"]
+    sigma: Float[Array, " T1"]
+    abar: Float[Array, " T1"]
+    sigmabar: Float[Array, " T1"]
+    a_out: Float[Array, " T1"]
+    tethered: Float[Array, " T1"]
+
+    @property
+    def num_levels(self) -> int:
+        """T, the number of conditional EBMs."""
+        return self.a.shape[0] - 1
+
+    def step_size_sq(self, b2: float, rule: str = "drl") -> Float[Array, " T"]:
+        """Langevin step sizes s_t^2 = b^2 c_t^2 sigma_{t+1}^2 with DRL's c_t^2 = sigmabar_t /
+        sigmabar_0 (rule "drl") or c_t^2 = 1 (rule "tether")."""
+        c2 = self.sigmabar[:-1] / self.sigmabar[0] if rule == "drl" else 1.0
+        return b2 * c2 * self.sigma[1:] ** 2
+
+    def loss_weights(self, weighting: str) -> Float[Array, " T"]:
+        """Per-level loss weights: DRL's w_t = sigma_1 / sigma_{t+1}, or all ones."""
+        if weighting == "drl":
+            return self.sigma[1] / self.sigma[1:]
+        return jnp.ones_like(self.sigma[1:])
+
+
+def _from_contractions(a: np.ndarray) -> Schedule:
+    a = np.asarray(a, dtype=np.float64)
+    abar = np.cumprod(a)
+    a_out = a.copy()
+    a_out[-1] = 1.0
+    tethered = np.ones_like(a)
+    tethered[-1] = 0.0
+    f32 = lambda v: jnp.asarray(v, dtype=jnp.float32)  # noqa: E731
+    return Schedule(
+        a=f32(a),
+        sigma=f32(np.sqrt(1.0 - a**2)),
+        abar=f32(abar),
+        sigmabar=f32(np.sqrt(1.0 - abar**2)),
+        a_out=f32(a_out),
+        tethered=f32(tethered),
+    )
+
+
+def _group_betas(betas: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a_0 = prod sqrt(1-beta_k) for k <= idx_0; a_i = prod over k in (idx_{i-1}, idx_i]."""
+    sqrt_alpha = np.sqrt(1.0 - betas)
+    bounds = np.concatenate([[-1], idx])
+    return np.array([np.prod(sqrt_alpha[lo + 1 : hi + 1]) for lo, hi in zip(bounds, bounds[1:])])
+
+
+def drl_linear_schedule(
+    num_levels: int, beta_start: float, beta_end: float, num_diffusion_steps: int
+) -> Schedule:
+    """DRL's schedule as the official code builds it: idx = i * (N // ((T-1)*2)) for i < T, N-1."""
+    betas = np.linspace(beta_start, beta_end, num_diffusion_steps, dtype=np.float64)
+    stride = num_diffusion_steps // ((num_levels - 1) * 2)
+    idx = np.concatenate([np.arange(num_levels) * stride, [num_diffusion_steps - 1]])
+    return _from_contractions(_group_betas(betas, idx))
+
+
+def linear_schedule(
+    num_levels: int, beta_start: float, beta_end: float, num_diffusion_steps: int
+) -> Schedule:
+    """T-general linear-beta schedule: idx_0 = 0, idx_i = round(i (N-1) / T); T = N-1 gives one
+    DDPM step per level (the paper's T1k is num_levels 1000 with num_diffusion_steps 1001)."""
+    betas = np.linspace(beta_start, beta_end, num_diffusion_steps, dtype=np.float64)
+    idx = np.round(np.arange(num_levels + 1) * (num_diffusion_steps - 1) / num_levels).astype(int)
+    return _from_contractions(_group_betas(betas, idx))
+
+
+def cosine_logsnr_schedule(num_levels: int, logsnr_min: float, logsnr_max: float) -> Schedule:
+    """CDRL: logSNR(u) = -2 log tan(a u + b), u = i/T, abar^2 = sigmoid(logSNR)."""
+    b = np.arctan(np.exp(-logsnr_max / 2.0))
+    a = np.arctan(np.exp(-logsnr_min / 2.0)) - b
+    u = np.arange(num_levels + 1, dtype=np.float64) / num_levels
+    logsnr = -2.0 * np.log(np.tan(a * u + b))
+    abar = np.sqrt(1.0 / (1.0 + np.exp(-logsnr)))
+    return _from_contractions(np.concatenate([abar[:1], abar[1:] / abar[:-1]]))
+
+
+def _bcast(v: Float[Array, " N"], x: Array) -> Array:
+    return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def q_sample_pair(
+    schedule: Schedule,
+    x0: Float[Array, "N *D"],
+    t: Int[Array, " N"],
+    key: PRNGKeyArray,
+    shared_noise: bool,
+) -> tuple[Float[Array, "N *D"], Float[Array, "N *D"]]:
+    """Draw (x_t, x_{t+1}) from data x0 at per-example levels t.
+
+    Arguments:
+        schedule: the noise schedule.
+        x0: a batch of data.
+        t: level of each example, in 0..T-1.
+        key: randomness for this batch.
+        shared_noise: CDRL's variance reduction (both from x0 with the same eps) when True;
+            otherwise DRL's Markov step x_{t+1} = a_{t+1} x_t + sigma_{t+1} eps'.
+
+    Returns:
+        x_t and x_{t+1}, each shaped like x0.
+    """
+    k1, k2 = jax.random.split(key)
+    eps = jax.random.normal(k1, x0.shape, x0.dtype)
+    x_t = _bcast(schedule.abar[t], x0) * x0 + _bcast(schedule.sigmabar[t], x0) * eps
+    if shared_noise:
+        x_next = _bcast(schedule.abar[t + 1], x0) * x0 + _bcast(schedule.sigmabar[t + 1], x0) * eps
+    else:
+        eps2 = jax.random.normal(k2, x0.shape, x0.dtype)
+        x_next = _bcast(schedule.a[t + 1], x0) * x_t + _bcast(schedule.sigma[t + 1], x0) * eps2
+    return x_t, x_next

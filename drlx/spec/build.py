@@ -1,0 +1,125 @@
+"""The one place where a spec becomes objects: an explicit `match` on each block's kind."""
+
+import zlib
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, PRNGKeyArray
+
+from drlx.diffusion import (
+    Schedule,
+    cosine_logsnr_schedule,
+    drl_linear_schedule,
+    linear_schedule,
+)
+from drlx.energy import ConditionalEBM
+from drlx.models import MLPEnergy
+from drlx.samplers import ULA
+from drlx.spec import data as data_spec
+from drlx.spec import diffusion as diffusion_spec
+from drlx.spec import model as model_spec
+from drlx.spec import sampler as sampler_spec
+from drlx.spec.experiment import ExperimentSpec
+from drlx.spec.train import Train
+
+
+def named_key(root: PRNGKeyArray, name: str) -> PRNGKeyArray:
+    """The key of one consumer: fold_in(root, crc32(name))."""
+    return jax.random.fold_in(root, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def build_schedule(spec: diffusion_spec.DiffusionSpec) -> Schedule:
+    match spec:
+        case diffusion_spec.DRLLinear():
+            return drl_linear_schedule(
+                spec.num_levels, spec.beta_start, spec.beta_end, spec.num_diffusion_steps
+            )
+        case diffusion_spec.Linear():
+            return linear_schedule(
+                spec.num_levels, spec.beta_start, spec.beta_end, spec.num_diffusion_steps
+            )
+        case diffusion_spec.CosineLogSNR():
+            return cosine_logsnr_schedule(spec.num_levels, spec.logsnr_min, spec.logsnr_max)
+    raise TypeError(f"no schedule for {spec!r}")
+
+
+def data_shape(spec: data_spec.DataSpec) -> tuple[int, ...]:
+    match spec:
+        case data_spec.Toy2DData():
+            return (2,)
+    raise TypeError(f"no data shape for {spec!r}")
+
+
+def build_network(spec: model_spec.ModelSpec, shape: tuple[int, ...], key: PRNGKeyArray):
+    match spec:
+        case model_spec.MLPEnergy():
+            (dim,) = shape
+            return MLPEnergy(
+                dim, spec.width, spec.depth, spec.embed_dim, spec.activation,
+                spec.fourier_features, spec.fourier_scale, key=key,
+            )
+    raise TypeError(f"no network for {spec!r}")
+
+
+def build_sampler(spec: sampler_spec.SamplerSpec, training: bool) -> ULA:
+    noise = spec.noise_scale_train if training else spec.noise_scale_eval
+    match spec:
+        case sampler_spec.ULA():
+            return ULA(spec.num_steps, noise)
+    raise TypeError(f"no sampler for {spec!r}")
+
+
+def build_optimizer(spec: Train) -> optax.GradientTransformation:
+    """Adam with a linear warm-up from 0 to the learning rate, constant after it; no clipping."""
+    lr = optax.linear_schedule(0.0, spec.learning_rate, max(spec.warmup_steps, 1))
+    return optax.adam(lr, b1=spec.beta1, b2=spec.beta2)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What a spec compiles to. Engines take these objects, never the spec."""
+
+    spec: ExperimentSpec
+    root_key: PRNGKeyArray
+    schedule: Schedule
+    shape: tuple[int, ...]
+    step_sq: Array
+    g_scale: Array
+    weights: Array
+    train_sampler: ULA
+    eval_sampler: ULA
+    optimizer: optax.GradientTransformation
+
+    def key(self, name: str) -> PRNGKeyArray:
+        return named_key(self.root_key, name)
+
+    def init_network(self):
+        return build_network(self.spec.model, self.shape, self.key("init"))
+
+    def ebm(self, network) -> ConditionalEBM:
+        return ConditionalEBM(network, self.schedule, self.step_sq, self.g_scale)
+
+
+def build(spec: ExperimentSpec) -> Experiment:
+    """Compile a validated spec into the objects the engines use."""
+    schedule = build_schedule(spec.diffusion)
+    step_sq = schedule.step_size_sq(spec.sampler.step_size_b2, spec.sampler.step_size_rule)
+    match spec.model.output_scale:
+        case "step_size":
+            g_scale = step_sq
+        case "tether_variance":
+            g_scale = schedule.sigma[1:] ** 2
+    return Experiment(
+        spec=spec,
+        root_key=jax.random.key(spec.seed),
+        schedule=schedule,
+        shape=data_shape(spec.data),
+        step_sq=step_sq,
+        g_scale=g_scale,
+        weights=jnp.asarray(schedule.loss_weights(spec.objective.weighting)),
+        train_sampler=build_sampler(spec.sampler, training=True),
+        eval_sampler=build_sampler(spec.sampler, training=False),
+        optimizer=build_optimizer(spec.train),
+    )

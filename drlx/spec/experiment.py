@@ -1,0 +1,41 @@
+"""The whole experiment: one spec block per concern, and its scientific hash."""
+
+import hashlib
+import json
+
+from pydantic import Field
+
+from drlx.spec.base import Block
+from drlx.spec.data import DataSpec
+from drlx.spec.density import Density
+from drlx.spec.diffusion import DiffusionSpec
+from drlx.spec.evaluate import Evaluate
+from drlx.spec.model import ModelSpec
+from drlx.spec.runtime import Runtime
+from drlx.spec.sampler import SamplerSpec
+from drlx.spec.train import Objective, Train
+
+
+class ExperimentSpec(Block):
+    """One experiment, as written in specs/NAME.yaml (after merging its base, if any)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    seed: int = Field(0, ge=0)
+    data: DataSpec
+    diffusion: DiffusionSpec
+    model: ModelSpec
+    sampler: SamplerSpec
+    objective: Objective = Objective()
+    train: Train = Train()
+    density: Density = Density()
+    evaluate: Evaluate = Evaluate()
+    runtime: Runtime = Runtime()
+
+    def scientific_dict(self) -> dict:
+        """Every field that can change a result: all but the runtime block."""
+        return self.model_dump(mode="json", exclude={"runtime"})
+
+    def scientific_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the scientific part (sorted keys, no spaces)."""
+        text = json.dumps(self.scientific_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,24 @@
+"""The `model:` block: the energy network g_theta(y, t)."""
+
+from typing import Annotated, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveInt
+
+from drlx.spec.base import Block
+
+
+class MLPEnergy(Block):
+    """MLP energy for vectors with a sinusoidal level embedding and a level-dependent read-out."""
+
+    kind: Literal["mlp"]
+    width: PositiveInt = 128
+    depth: PositiveInt = 3
+    embed_dim: PositiveInt = 64
+    activation: Literal["silu", "softplus", "leaky_relu", "gelu"] = "silu"
+    # f = g / k_t with k_t = s_t^2 (DRL) or sigma_{t+1}^2 (see drlx/energy.py)
+    output_scale: Literal["step_size", "tether_variance"] = "step_size"
+    fourier_features: NonNegativeInt = 0
+    fourier_scale: float = Field(1.0, gt=0)
+
+
+ModelSpec = Annotated[MLPEnergy, Field(discriminator="kind")]

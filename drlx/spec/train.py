@@ -1,0 +1,27 @@
+"""The `objective:` and `train:` blocks (REFERENCE section 5)."""
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from drlx.spec.base import Block
+
+
+class Objective(Block):
+    """Recovery likelihood; `drl` weights level t by w_t = sigma_1 / sigma_{t+1}."""
+
+    kind: Literal["recovery_likelihood"] = "recovery_likelihood"
+    weighting: Literal["drl", "uniform"] = "drl"
+
+
+class Train(Block):
+    """Adam with linear warm-up and an EMA of the weights; everything reported uses the EMA."""
+
+    num_steps: PositiveInt = 10_000
+    batch_size: PositiveInt = 256
+    learning_rate: float = Field(1e-4, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    warmup_steps: int = Field(1000, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    log_every: PositiveInt = 50
