@@ -39,12 +39,6 @@ class Schedule(eqx.Module):
         c2 = self.sigmabar[:-1] / self.sigmabar[0] if rule == "drl" else 1.0
         return b2 * c2 * self.sigma[1:] ** 2
 
-    def loss_weights(self, weighting: str) -> Float[Array, " T"]:
-        """Per-level loss weights: DRL's w_t = sigma_1 / sigma_{t+1}, or all ones."""
-        if weighting == "drl":
-            return self.sigma[1] / self.sigma[1:]
-        return jnp.ones_like(self.sigma[1:])
-
 
 def _from_contractions(a: np.ndarray) -> Schedule:
     a = np.asarray(a, dtype=np.float64)
@@ -68,7 +62,12 @@ def _group_betas(betas: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """a_0 = prod sqrt(1-beta_k) for k <= idx_0; a_i = prod over k in (idx_{i-1}, idx_i]."""
     sqrt_alpha = np.sqrt(1.0 - betas)
     bounds = np.concatenate([[-1], idx])
-    return np.array([np.prod(sqrt_alpha[lo + 1 : hi + 1]) for lo, hi in zip(bounds, bounds[1:])])
+    return np.array(
+        [
+            np.prod(sqrt_alpha[lo + 1 : hi + 1])
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+    )
 
 
 def drl_linear_schedule(
@@ -107,11 +106,11 @@ def _bcast(v: Float[Array, " N"], x: Array) -> Array:
 
 def q_sample_pair(
     schedule: Schedule,
-    x0: Float[Array, "N *D"],
+    x0: Float[Array, " N *D"],
     t: Int[Array, " N"],
     key: PRNGKeyArray,
     shared_noise: bool,
-) -> tuple[Float[Array, "N *D"], Float[Array, "N *D"]]:
+) -> tuple[Float[Array, " N *D"], Float[Array, " N *D"]]:
     """Draw (x_t, x_{t+1}) from data x0 at per-example levels t.
 
     Arguments:

@@ -57,8 +57,14 @@ def build_network(spec: model_spec.ModelSpec, shape: tuple[int, ...], key: PRNGK
         case model_spec.MLPEnergy():
             (dim,) = shape
             return MLPEnergy(
-                dim, spec.width, spec.depth, spec.embed_dim, spec.activation,
-                spec.fourier_features, spec.fourier_scale, key=key,
+                dim,
+                spec.width,
+                spec.depth,
+                spec.embed_dim,
+                spec.activation,
+                spec.fourier_features,
+                spec.fourier_scale,
+                key=key,
             )
     raise TypeError(f"no network for {spec!r}")
 
@@ -69,6 +75,18 @@ def build_sampler(spec: sampler_spec.SamplerSpec, training: bool) -> ULA:
         case sampler_spec.ULA():
             return ULA(spec.num_steps, noise)
     raise TypeError(f"no sampler for {spec!r}")
+
+
+def loss_weights(weighting: str, schedule: Schedule, g_scale: Array) -> Array:
+    """Per-level weights w_t of the recovery-likelihood terms (see spec.train.Objective)."""
+    match weighting:
+        case "drl":
+            return schedule.sigma[1] / schedule.sigma[1:]
+        case "likelihood":
+            return g_scale[0] / g_scale
+        case "uniform":
+            return jnp.ones_like(g_scale)
+    raise ValueError(f"unknown weighting {weighting!r}")
 
 
 def build_optimizer(spec: Train) -> optax.GradientTransformation:
@@ -118,7 +136,7 @@ def build(spec: ExperimentSpec) -> Experiment:
         shape=data_shape(spec.data),
         step_sq=step_sq,
         g_scale=g_scale,
-        weights=jnp.asarray(schedule.loss_weights(spec.objective.weighting)),
+        weights=loss_weights(spec.objective.weighting, schedule, g_scale),
         train_sampler=build_sampler(spec.sampler, training=True),
         eval_sampler=build_sampler(spec.sampler, training=False),
         optimizer=build_optimizer(spec.train),

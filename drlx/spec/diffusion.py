@@ -1,4 +1,4 @@
-"""The `diffusion:` block: the noise schedule and how noisy pairs are drawn (REFERENCE section 2)."""
+"""The `diffusion:` block: the noise schedule and how noisy pairs are drawn (REFERENCE sec. 2)."""
 
 from typing import Annotated, Literal
 

@@ -6,7 +6,7 @@ from drlx.spec.base import Block
 
 
 class Evaluate(Block):
-    """Sample-quality numbers are computed on num_samples model samples and as many held-out points."""
+    """Sample-quality numbers use num_samples model samples and as many held-out points."""
 
     num_samples: PositiveInt = 2000
     num_projections: PositiveInt = 256

@@ -2,7 +2,8 @@
 
 Loading is safe (no Python objects from YAML). A spec may name one base spec with
 `extends: relative/path.yaml`; the base may not extend another (one level of inheritance).
-Mappings merge key by key, the spec's own values winning; lists and scalars replace.
+Mappings merge key by key, the spec's own values winning; lists and scalars replace, and so does
+a block whose `kind` differs from the base's.
 """
 
 import re
@@ -58,7 +59,8 @@ def _to_python(node: yaml.Node, file: str, path: tuple, where: dict) -> Any:
         for key_node, value_node in node.value:
             key = key_node.value
             if key in out:
-                raise SpecError([f"{file}:{key_node.start_mark.line + 1}: {key}: duplicate key"])
+                field = ".".join(str(p) for p in (*path, key))
+                raise SpecError([f"{file}:{key_node.start_mark.line + 1}: {field}: duplicate key"])
             out[key] = _to_python(value_node, file, (*path, key), where)
             where[(*path, key)] = Located(file, key_node.start_mark.line + 1)
         return out
@@ -81,7 +83,8 @@ def _read(path: Path, where: dict) -> dict:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark else 1
-        raise SpecError([f"{file}:{line}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
+        problem = getattr(err, "problem", err)
+        raise SpecError([f"{file}:{line}: not valid YAML: {problem}"]) from None
     if not isinstance(node, yaml.MappingNode):
         raise SpecError([f"{file}:1: a spec must be a mapping of blocks"])
     return _to_python(node, file, (), where)
@@ -90,7 +93,12 @@ def _read(path: Path, where: dict) -> dict:
 def _merge(base: dict, own: dict) -> dict:
     out = dict(base)
     for key, value in own.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        inherited = out.get(key)
+        if (
+            isinstance(value, dict)
+            and isinstance(inherited, dict)
+            and value.get("kind", inherited.get("kind")) == inherited.get("kind")
+        ):  # same kind (or none): merge field by field; another kind replaces the whole block
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -118,9 +126,9 @@ def _locate(raw: dict, loc: tuple, where: dict, fallback: Located) -> tuple[Loca
     """Map a pydantic error location onto the YAML key path (skipping union tags)."""
     node, path = raw, ()
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node, path = node[part], (*path, part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
             node, path = node[part], (*path, part)
         elif isinstance(node, dict) and node.get("kind") == part:
             continue  # discriminated-union tag inserted by pydantic

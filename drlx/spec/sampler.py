@@ -8,7 +8,7 @@ from drlx.spec.base import Block
 
 
 class ULA(Block):
-    """Unadjusted Langevin, the paper's sampler: s_t^2 = b^2 c_t^2 sigma_{t+1}^2, K steps per level."""
+    """Unadjusted Langevin (the paper's): s_t^2 = b^2 c_t^2 sigma_{t+1}^2, K steps per level."""
 
     kind: Literal["ula"]
     num_steps: PositiveInt = 30

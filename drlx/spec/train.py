@@ -8,10 +8,12 @@ from drlx.spec.base import Block
 
 
 class Objective(Block):
-    """Recovery likelihood; `drl` weights level t by w_t = sigma_1 / sigma_{t+1}."""
+    """Recovery likelihood. Level weights on the g-difference: `drl` w_t = sigma_1 / sigma_{t+1}
+    (the paper's code); `likelihood` w_t = k_0 / k_t, so every level's conditional
+    log-likelihood f = g / k_t counts equally; `uniform` w_t = 1."""
 
     kind: Literal["recovery_likelihood"] = "recovery_likelihood"
-    weighting: Literal["drl", "uniform"] = "drl"
+    weighting: Literal["drl", "likelihood", "uniform"] = "drl"
 
 
 class Train(Block):

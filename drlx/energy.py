@@ -1,0 +1,79 @@
+"""The conditional log-density of each level (REFERENCE section 3).
+
+Sign convention, stated once for the whole package: the network output g and
+f = g / s_t^2 are log-densities (higher = more likely); the energy is E = -f.
+
+For level t < T-1, with y = a_{t+1} x_t and the tether x~ = x_{t+1},
+    log p(y | x~) = g(y, t) / k_t - ||y - x~||^2 / (2 sigma_{t+1}^2) - log Z(x~);
+at the top level t = T-1 the tether is dropped and y = x_{T-1}. The output scale k_t is DRL's
+k_t = s_t^2 (the network's drift (s^2/2) grad f = grad g / 2 is step-size free) or, as a
+better-conditioned option for low-dimensional data, k_t = sigma_{t+1}^2 (g then has the scale of
+a log-density times the tether's variance at every level).
+"""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from drlx.diffusion import Schedule
+
+EnergyNetwork = Callable[[Array, Array], Array]
+"""g(y, t) for a batch. Networks also offer embed(t) -> context and energy(y, context), so
+a chain computes what depends on the level once, not at every step."""
+
+
+def _sum_sq(v: Array) -> Array:
+    return jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=-1)
+
+
+class ConditionalEBM(eqx.Module):
+    """The network plus the schedule: log p(y | x~, t) up to log Z(x~), for a batch."""
+
+    network: EnergyNetwork
+    schedule: Schedule
+    step_sq: Float[Array, " T"]
+    g_scale: Float[Array, " T"]
+
+    def log_prob(
+        self, y: Float[Array, " N *D"], x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]
+    ) -> Float[Array, " N"]:
+        """Unnormalized log p(y | x~) at per-example levels t."""
+        return self._log_prob(y, x_tilde, t, self.network.embed(t))
+
+    def _log_prob(self, y, x_tilde, t, context):
+        sigma = self.schedule.sigma[t + 1]
+        tether = self.schedule.tethered[t + 1] * _sum_sq(y - x_tilde) / (2.0 * sigma**2)
+        return self.network.energy(y, context) / self.g_scale[t] - tether
+
+    def target(
+        self, x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]
+    ) -> Callable[[Array], tuple[Array, Array]]:
+        """The sampler's target for fixed (x~, t): y -> (log p(y | x~), grad_y log p(y | x~)).
+
+        Level-dependent parts of the network are computed once here. Examples are independent,
+        so the gradient of the batch sum is the per-example gradient.
+        """
+        context = self.network.embed(t)
+
+        def total(y_):
+            values = self._log_prob(y_, x_tilde, t, context)
+            return jnp.sum(values), values
+
+        def value_and_grad(y):
+            grad, values = jax.grad(total, has_aux=True)(y)
+            return values, grad
+
+        return value_and_grad
+
+    def marginal_log_prob(
+        self, y: Float[Array, " N *D"], t: Int[Array, " N"]
+    ) -> Float[Array, " N"]:
+        """f(y, t) = g(y, t) / k_t alone: the model of log p_t(y / a_{t+1}) up to a constant.
+
+        p(x_t | x_{t+1}) is proportional to p(x_t) N(x_{t+1}; a x_t, sigma^2), and the tether is
+        exactly the Gaussian factor, so g / s^2 models the marginal log-density of level t.
+        """
+        return self.network(y, t) / self.g_scale[t]

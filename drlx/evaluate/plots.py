@@ -1,0 +1,162 @@
+"""PNG figures for experiments (matplotlib `Figure` objects, no pyplot / GUI backend needed).
+
+Each function writes one PNG to `path` (parent directories are created) and returns None.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from scipy.special import logsumexp
+
+_LIM = 1.3  # half-width of the square view of 2D data
+
+
+def _save(fig: Figure, path) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=110)
+
+
+def scatter_samples(path, data: np.ndarray, samples: np.ndarray, title: str) -> None:
+    """Two scatter panels, held-out data | model samples, on [-1.3, 1.3]^2 with equal aspect.
+
+    Arguments:
+        path: output PNG path.
+        data: held-out points, shape (N, 2).
+        samples: model samples, shape (M, 2).
+        title: figure title.
+    """
+    fig = Figure(figsize=(9.0, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    panels = (("held-out data", data), ("model samples", samples))
+    for ax, (name, raw) in zip(axes, panels, strict=True):
+        pts = np.asarray(raw, dtype=np.float64).reshape(-1, 2)
+        size = 2.0 if len(pts) > 2000 else 5.0
+        ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.35, linewidths=0, rasterized=True)
+        ax.set_xlim(-_LIM, _LIM)
+        ax.set_ylim(-_LIM, _LIM)
+        ax.set_aspect("equal")
+        ax.set_title(f"{name} (n={len(pts)})")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _mesh(grid_x: np.ndarray, grid_y: np.ndarray, shape: tuple[int, ...]):
+    """Meshgrid arrays of `shape` from 1D axes (len nx, ny -> shape (ny, nx)) or 2D grids."""
+    gx, gy = np.asarray(grid_x, dtype=np.float64), np.asarray(grid_y, dtype=np.float64)
+    if gx.ndim == 1 and gy.ndim == 1:
+        gx, gy = np.meshgrid(gx, gy, indexing="xy")
+    if gx.shape != shape or gy.shape != shape:
+        raise ValueError(f"grid of shape {gx.shape} does not match densities of shape {shape}")
+    return gx, gy
+
+
+def _spacing(g: np.ndarray) -> float:
+    """Grid step of a uniform meshgrid coordinate (varies along one axis, constant on the other)."""
+    return float(np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean())
+
+
+def density_heatmaps(
+    path,
+    grid_x: np.ndarray,
+    grid_y: np.ndarray,
+    log_model: np.ndarray,
+    log_true: np.ndarray,
+    title: str,
+) -> None:
+    """Two heat maps, learned model density | true density, on one shared colour scale.
+
+    Each log-density is normalised on the grid to a probability density,
+    p = exp(log - logsumexp(log)) / cell_area, so unnormalised model log-densities are fine.
+
+    Arguments:
+        path: output PNG path.
+        grid_x: x coordinates, 1D (nx,) or a meshgrid array of the same shape as the densities.
+        grid_y: y coordinates, 1D (ny,) or a meshgrid array of the same shape as the densities.
+        log_model: (unnormalised) model log-density on the grid, shape (ny, nx) for 1D axes.
+        log_true: true log-density on the same grid.
+        title: figure title.
+    """
+    log_model = np.asarray(log_model, dtype=np.float64)
+    log_true = np.asarray(log_true, dtype=np.float64)
+    if log_model.shape != log_true.shape or log_model.ndim != 2:
+        raise ValueError(
+            f"densities must be 2D and equal-shaped: {log_model.shape}, {log_true.shape}"
+        )
+    gx, gy = _mesh(grid_x, grid_y, log_model.shape)
+    area = _spacing(gx) * _spacing(gy)
+    dens = [np.exp(lg - logsumexp(lg)) / area for lg in (log_model, log_true)]
+    norm = Normalize(vmin=0.0, vmax=max(float(np.nanmax(d)) for d in dens))
+    fig = Figure(figsize=(10.0, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, d, name in zip(axes, dens, ("model density (level 0)", "true density"), strict=True):
+        mesh = ax.pcolormesh(gx, gy, d, norm=norm, cmap="viridis", shading="nearest")
+        ax.set_aspect("equal")
+        ax.set_title(name)
+    fig.colorbar(mesh, ax=axes, shrink=0.85, label="density")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def loss_curve(path, steps: np.ndarray, losses: np.ndarray, title: str) -> None:
+    """Raw loss (thin, faint) with a moving average (window ~ len/20) drawn over it.
+
+    Arguments:
+        path: output PNG path.
+        steps: training steps, shape (T,).
+        losses: loss values, shape (T,).
+        title: figure title.
+    """
+    steps = np.asarray(steps, dtype=np.float64).ravel()
+    losses = np.asarray(losses, dtype=np.float64).ravel()
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(steps, losses, lw=0.8, alpha=0.35, color="C0", label="loss")
+    window = int(np.clip(len(losses) // 20, 1, 1000))
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, lw=1.8, color="C1", label=f"moving avg ({window})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def image_grid(path, images: np.ndarray, nrow: int, title: str) -> None:
+    """Tile images into one grid picture; pixels mapped from [-1, 1] to [0, 1] and clipped.
+
+    Arguments:
+        path: output PNG path.
+        images: shape (N, H, W, C) with C in {1, 3}, values in [-1, 1]; C == 1 is grayscale.
+        nrow: number of images per row of the grid.
+        title: figure title.
+    """
+    imgs = np.asarray(images, dtype=np.float64)
+    if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3):
+        raise ValueError(f"images must have shape (N, H, W, 1|3), got {imgs.shape}")
+    n, h, w, c = imgs.shape
+    imgs = np.clip((imgs + 1.0) / 2.0, 0.0, 1.0)
+    cols = max(1, min(int(nrow), n))
+    rows = -(-n // cols)
+    pad = 2
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c))
+    for k in range(n):
+        r, q = divmod(k, cols)
+        y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[y0 : y0 + h, x0 : x0 + w] = imgs[k]
+    scale = 6.0 / max(canvas.shape[:2])
+    fig = Figure(figsize=(canvas.shape[1] * scale + 0.4, canvas.shape[0] * scale + 0.6))
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.88))
+    if c == 1:
+        ax.imshow(canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    fig.suptitle(title)
+    _save(fig, path)

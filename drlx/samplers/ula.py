@@ -1,0 +1,58 @@
+"""Unadjusted Langevin dynamics (REFERENCE section 4), as a jitted lax.scan."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+# target(y) -> (log p(y) per example, grad_y log p(y))
+Target = Callable[[Array], tuple[Array, Array]]
+
+
+def per_example_normal(keys: PRNGKeyArray, step: Array, like: Array) -> Array:
+    """Standard normal noise for one step; example i's draw depends only on keys[i] and step,
+    so a chain does not change with the batch it runs in or the devices it is sharded over."""
+    draw = lambda k: jax.random.normal(jax.random.fold_in(k, step), like.shape[1:], like.dtype)  # noqa: E731
+    return jax.vmap(draw)(keys)
+
+
+def broadcast_to_example(v: Float[Array, " N"], like: Array) -> Array:
+    """Reshape per-example scalars to broadcast against a batch shaped like `like`."""
+    return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+class ULA(eqx.Module):
+    """y <- y + (s^2 / 2) grad log p(y) + s * noise_scale * eps, for num_steps steps."""
+
+    num_steps: int = eqx.field(static=True)
+    noise_scale: float
+
+    def __call__(
+        self,
+        target: Target,
+        y0: Float[Array, " N *D"],
+        step_sq: Float[Array, " N"],
+        keys: PRNGKeyArray,
+    ) -> Float[Array, " N *D"]:
+        """Run the chain from y0.
+
+        Arguments:
+            target: returns (log p, grad log p) of each example at y.
+            y0: starting points.
+            step_sq: s^2 for each example.
+            keys: one key per example.
+
+        Returns:
+            The chain's state after num_steps steps.
+        """
+        s2 = broadcast_to_example(step_sq, y0)
+
+        def step(y, k):
+            _, grad = target(y)
+            eps = per_example_normal(keys, k, y)
+            return y + 0.5 * s2 * grad + jnp.sqrt(s2) * self.noise_scale * eps, None
+
+        y, _ = jax.lax.scan(step, y0, jnp.arange(self.num_steps))
+        return y

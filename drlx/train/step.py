@@ -1,0 +1,93 @@
+"""One training step of diffusion recovery likelihood: draw pairs, run the chains, update."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from drlx.diffusion import q_sample_pair
+from drlx.energy import ConditionalEBM
+from drlx.objective import recovery_likelihood_loss
+from drlx.samplers.ula import ULA, broadcast_to_example
+
+
+class TrainState(eqx.Module):
+    """Everything that changes during training. `ema` is what gets reported."""
+
+    network: eqx.Module
+    ema: eqx.Module
+    opt_state: optax.OptState
+    step: Array
+
+
+def init_state(network: eqx.Module, optimizer: optax.GradientTransformation) -> TrainState:
+    """A fresh state: EMA starts at the initial weights."""
+    params = eqx.filter(network, eqx.is_inexact_array)
+    return TrainState(network, network, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def ema_update(ema: eqx.Module, network: eqx.Module, decay: float) -> eqx.Module:
+    """ema <- decay * ema + (1 - decay) * network, on the floating-point leaves."""
+    e_params, static = eqx.partition(ema, eqx.is_inexact_array)
+    n_params = eqx.filter(network, eqx.is_inexact_array)
+    mixed = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, e_params, n_params)
+    return eqx.combine(mixed, static)
+
+
+def example_keys(key: PRNGKeyArray, n: int) -> PRNGKeyArray:
+    """One key per example of a batch: fold_in(key, i)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
+
+
+def negatives(
+    ebm: ConditionalEBM, sampler: ULA, x_next: Array, t: Array, keys: PRNGKeyArray
+) -> Array:
+    """y- : K Langevin steps on y started at the tether x~ = x_{t+1}."""
+    return sampler(ebm.target(x_next, t), x_next, ebm.step_sq[t], keys)
+
+
+def make_train_step(
+    make_ebm: Callable[[eqx.Module], ConditionalEBM],
+    sampler: ULA,
+    optimizer: optax.GradientTransformation,
+    weights: Float[Array, " T"],
+    shared_noise: bool,
+    ema_decay: float,
+) -> Callable[[TrainState, Array, PRNGKeyArray], tuple[TrainState, dict]]:
+    """Build the jitted step (REFERENCE section 5): t ~ U{0..T-1} per example, positives
+    y+ = a_{t+1} x_t, negatives from the chain, Adam on the weighted loss, EMA of the weights.
+
+    Arguments:
+        make_ebm: network -> the conditional EBMs built on it (schedule, step sizes, scale).
+        sampler: the training Langevin sampler.
+        optimizer: the Optax optimizer.
+        weights: loss weight of each level.
+        shared_noise: draw x_t and x_{t+1} with the same noise (CDRL).
+        ema_decay: decay of the EMA of the weights.
+    """
+
+    @eqx.filter_jit
+    def train_step(state: TrainState, x0: Array, key: PRNGKeyArray) -> tuple[TrainState, dict]:
+        n = x0.shape[0]
+        ebm = make_ebm(state.network)
+        schedule = ebm.schedule
+        k_level, k_pair, k_chain = jax.random.split(key, 3)
+        t = jax.random.randint(k_level, (n,), 0, schedule.num_levels)
+        x_t, x_next = q_sample_pair(schedule, x0, t, k_pair, shared_noise)
+        y_pos = broadcast_to_example(schedule.a_out[t + 1], x_t) * x_t
+        y_neg = negatives(ebm, sampler, x_next, t, example_keys(k_chain, n))
+        loss, grads = eqx.filter_value_and_grad(recovery_likelihood_loss)(
+            state.network, y_pos, y_neg, t, weights
+        )
+        params = eqx.filter(state.network, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        network = eqx.apply_updates(state.network, updates)
+        new_state = TrainState(
+            network, ema_update(state.ema, network, ema_decay), opt_state, state.step + 1
+        )
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step

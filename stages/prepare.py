@@ -1,0 +1,18 @@
+"""Stage 1: generate or read the dataset of a spec and split it."""
+
+from common import load_experiment, parser
+
+from drlx.data.prepare import prepare_arrays
+from drlx.io import write_arrays
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--out", required=True, help="output .npz with train/heldout/heldout_b")
+    args = p.parse_args()
+    exp = load_experiment(args.spec)
+    write_arrays(args.out, **prepare_arrays(exp.spec.data, exp.spec.seed))
+
+
+if __name__ == "__main__":
+    main()

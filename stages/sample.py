@@ -1,0 +1,35 @@
+"""Stage 3: generate samples from white noise down the levels with the EMA weights."""
+
+from common import load_experiment, parser
+
+from drlx.evaluate.plots import scatter_samples
+from drlx.io import load_model, read_arrays, write_arrays
+from drlx.samplers.many import sample_many
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--data", required=True, help=".npz from the prepare stage (for the plot)")
+    p.add_argument("--model", required=True, help="EMA weights from the train stage")
+    p.add_argument("--out", required=True, help="output: samples (.npz)")
+    p.add_argument("--plot", required=True, help="output: samples next to held-out data (PNG)")
+    args = p.parse_args()
+    exp = load_experiment(args.spec)
+    spec = exp.spec
+    network = load_model(args.model, exp.init_network())
+    samples = sample_many(
+        exp.ebm(network),
+        exp.eval_sampler,
+        exp.key("sample"),
+        spec.evaluate.num_samples,
+        exp.shape,
+        min(spec.runtime.sample_batch_size, spec.evaluate.num_samples),
+        spec.runtime.progress,
+    )
+    write_arrays(args.out, samples=samples)
+    heldout = read_arrays(args.data, "heldout")["heldout"][: len(samples)]
+    scatter_samples(args.plot, heldout, samples, f"{spec.name}: held-out data vs model samples")
+
+
+if __name__ == "__main__":
+    main()

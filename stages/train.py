@@ -1,0 +1,31 @@
+"""Stage 2: train the conditional EBMs by recovery likelihood; save the EMA weights."""
+
+from common import load_experiment, parser
+
+from drlx.evaluate.plots import loss_curve
+from drlx.io import read_arrays, save_model, write_json
+from drlx.train.fit import fit
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--data", required=True, help=".npz from the prepare stage")
+    p.add_argument("--model", required=True, help="output: EMA weights")
+    p.add_argument("--history", required=True, help="output: loss history (JSON)")
+    p.add_argument("--plot", required=True, help="output: loss curve (PNG)")
+    args = p.parse_args()
+    exp = load_experiment(args.spec)
+    train = read_arrays(args.data, "train")["train"]
+    state, history = fit(exp, train, progress=exp.spec.runtime.progress)
+    save_model(args.model, state.ema)
+    write_json(args.history, history)
+    loss_curve(
+        args.plot,
+        [h["step"] for h in history],
+        [h["loss"] for h in history],
+        f"{exp.spec.name}: recovery-likelihood loss",
+    )
+
+
+if __name__ == "__main__":
+    main()

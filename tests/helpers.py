@@ -1,0 +1,106 @@
+"""Helpers shared by the tests: spec files written on the fly, and a quadratic energy network
+whose conditional densities are Gaussian in closed form."""
+
+from pathlib import Path
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+# A complete spec with no `extends` (every block spelled out), used to make broken variants.
+FULL_SPEC = """\
+name: test_spec
+seed: 3
+data:
+  kind: toy2d
+  name: eight_gaussians
+  num_train: 1000
+  num_heldout: 100
+diffusion:
+  kind: drl_linear
+  num_levels: 6
+  beta_start: 1e-4
+  beta_end: 0.02
+model:
+  kind: mlp
+  width: 32
+  depth: 2
+sampler:
+  kind: ula
+  num_steps: 30
+  step_size_b2: 4e-3
+objective:
+  weighting: drl
+train:
+  num_steps: 100
+  learning_rate: 1e-3
+runtime:
+  progress: false
+"""
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    """Write `text` to directory/name and return the path."""
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based number of the only line of `text` that contains `needle`."""
+    hits = [i + 1 for i, line in enumerate(text.splitlines()) if needle in line]
+    assert len(hits) == 1, (needle, hits)
+    return hits[0]
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    """`text` with the single occurrence of `old` replaced by `new`."""
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+class QuadraticEnergy(eqx.Module):
+    """g(y, t) = -k_t ||y - m||^2 / (2 v), with k_t the EBM's output scale (`g_scale`): the
+    level's log-density g / k_t is N(m, v I), so with the tether p(y | x~) is Gaussian with
+    precision 1/v + 1/sigma^2 (1/v at the untethered top level)."""
+
+    mean: Array
+    var: float
+    scale: Array
+
+    def embed(self, t: Array) -> tuple[Array, ...]:
+        return (self.scale[t],)
+
+    def energy(self, y: Array, context: tuple[Array, ...]) -> Array:
+        (k,) = context
+        return -k * jnp.sum((y - self.mean) ** 2, axis=-1) / (2.0 * self.var)
+
+    def __call__(self, y: Array, t: Array) -> Array:
+        return self.energy(y, self.embed(t))
+
+
+def random_mlp(key, dim: int = 2, width: int = 16, depth: int = 2, fourier_features: int = 0):
+    """A small MLPEnergy whose read-out is random rather than zero, so that g depends on every
+    parameter (drlx initialises the read-out at zero, which makes g identically 0)."""
+    import jax
+
+    from drlx.models import MLPEnergy
+
+    k_net, k_w, k_b = jax.random.split(key, 3)
+    net = MLPEnergy(
+        dim=dim,
+        width=width,
+        depth=depth,
+        embed_dim=8,
+        activation="silu",
+        fourier_features=fourier_features,
+        fourier_scale=1.0,
+        key=k_net,
+    )
+    shape_w, shape_b = net.readout.weight.shape, net.readout.bias.shape
+    new = (
+        jax.random.normal(k_w, shape_w) / width**0.5,
+        0.1 * jax.random.normal(k_b, shape_b),
+    )
+    return eqx.tree_at(lambda n: (n.readout.weight, n.readout.bias), net, new)

@@ -1,0 +1,170 @@
+"""The recovery-likelihood objective and one training step (REFERENCE section 5)."""
+
+import equinox as eqx
+import jax
+import numpy as np
+import optax
+import pytest
+from helpers import random_mlp
+
+from drlx.diffusion import drl_linear_schedule
+from drlx.energy import ConditionalEBM
+from drlx.objective import recovery_likelihood_loss, recovery_likelihood_terms
+from drlx.samplers.ula import ULA
+from drlx.spec.build import loss_weights
+from drlx.train.step import init_state, make_train_step
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return drl_linear_schedule(6, 1e-4, 0.02, 1000)
+
+
+@pytest.fixture(scope="module", params=[0, 4], ids=["plain", "fourier"])
+def network(request):
+    return random_mlp(jax.random.key(5), width=16, depth=2, fourier_features=request.param)
+
+
+@pytest.fixture(scope="module")
+def batch(schedule):
+    k1, k2, k3 = jax.random.split(jax.random.key(9), 3)
+    y_pos = jax.random.normal(k1, (N, 2))
+    y_neg = y_pos + 0.3 * jax.random.normal(k2, (N, 2))
+    t = jax.random.randint(k3, (N,), 0, schedule.num_levels)
+    # Non-uniform weights (sigma_1 / sigma_{t+1} ranges over 0.33 .. 1) so indexing matters.
+    return y_pos, y_neg, t, loss_weights("drl", schedule, schedule.step_size_sq(4e-3))
+
+
+def params_of(tree):
+    return eqx.filter(tree, eqx.is_inexact_array)
+
+
+def leaves(tree):
+    return jax.tree.leaves(params_of(tree))
+
+
+@eqx.filter_jit
+def g_single(net, y, t):
+    """g(y, t) of one example, as a scalar."""
+    return net(y[None], t[None])[0]
+
+
+def test_terms_and_loss_values(network, batch):
+    y_pos, y_neg, t, w = batch
+    expected = np.array(
+        [
+            float(w[t[i]])
+            * (float(g_single(network, y_neg[i], t[i])) - float(g_single(network, y_pos[i], t[i])))
+            for i in range(N)
+        ]
+    )
+    terms = recovery_likelihood_terms(network, y_pos, y_neg, t, w)
+    # float32 network evaluations of O(1) values: 1e-5 absolute/relative.
+    np.testing.assert_allclose(np.asarray(terms), expected, rtol=1e-5, atol=1e-5)
+    loss = recovery_likelihood_loss(network, y_pos, y_neg, t, w)
+    assert float(loss) == pytest.approx(expected.mean(), rel=1e-5, abs=1e-6)
+
+
+def test_gradient_is_weighted_difference_of_per_example_gradients(network, batch):
+    y_pos, y_neg, t, w = batch
+    grads = eqx.filter_grad(recovery_likelihood_loss)(network, y_pos, y_neg, t, w)
+
+    # Per-example gradients of g on single examples (vmapped over the examples), then the
+    # weighted sum in float64.
+    grad_g = eqx.filter_grad(g_single)
+    per_neg = eqx.filter_vmap(grad_g, in_axes=(None, 0, 0))(network, y_neg, t)
+    per_pos = eqx.filter_vmap(grad_g, in_axes=(None, 0, 0))(network, y_pos, t)
+    wt = np.asarray(w, np.float64)[np.asarray(t)]
+    expected = jax.tree.map(
+        lambda a, b: np.einsum("n,n...->...", wt, np.asarray(a, np.float64) - np.asarray(b)) / N,
+        params_of(per_neg),
+        params_of(per_pos),
+    )
+
+    got_leaves = jax.tree.leaves(params_of(grads))
+    exp_leaves = jax.tree.leaves(params_of(expected))
+    assert len(got_leaves) == len(exp_leaves) > 0
+    nonzero = 0
+    for got, exp in zip(got_leaves, exp_leaves, strict=True):
+        got, exp = np.asarray(got, np.float64), np.asarray(exp, np.float64)
+        scale = np.linalg.norm(exp)
+        nonzero += scale > 0
+        # Sums of N float32 terms: 1e-5 relative to the leaf's norm.
+        assert np.linalg.norm(got - exp) <= 1e-5 * max(scale, 1e-12), (scale, got, exp)
+    assert nonzero >= len(exp_leaves) - 1  # at most the frozen Fourier matrix has no gradient
+
+
+def test_no_gradient_into_negatives(network, batch):
+    y_pos, y_neg, t, w = batch
+    loss = lambda yp, yn: recovery_likelihood_loss(network, yp, yn, t, w)  # noqa: E731
+    g_neg = jax.grad(loss, argnums=1)(y_pos, y_neg)
+    np.testing.assert_array_equal(np.asarray(g_neg), 0.0)
+    # The positives do get a gradient, -w_t grad_y g(y+, t) / N: the check above is not vacuous.
+    g_pos = np.asarray(jax.grad(loss, argnums=0)(y_pos, y_neg))
+    grad_y = jax.jit(jax.grad(lambda y, ti: g_single(network, y, ti)))
+    expected = np.stack(
+        [-float(w[t[i]]) * np.asarray(grad_y(y_pos[i], t[i])) / N for i in range(N)]
+    )
+    np.testing.assert_allclose(g_pos, expected, rtol=1e-5, atol=1e-7)
+    assert np.abs(g_pos).max() > 0
+
+
+# ---- one training step ------------------------------------------------------------------------
+LR = 1e-3
+
+
+@pytest.fixture(scope="module")
+def step_setup(schedule):
+    optimizer = optax.adam(LR)  # constant rate (drlx's warm-up starts at 0: no first update)
+    step_sq = schedule.step_size_sq(4e-3)
+
+    def make_ebm(network):
+        return ConditionalEBM(network=network, schedule=schedule, step_sq=step_sq, g_scale=step_sq)
+
+    step = make_train_step(
+        make_ebm,
+        ULA(5, 1.0),
+        optimizer,
+        loss_weights("drl", schedule, schedule.step_size_sq(4e-3)),
+        shared_noise=False,
+        ema_decay=0.9,
+    )
+    net = random_mlp(jax.random.key(3), width=16, depth=2)
+    x0 = jax.random.normal(jax.random.key(4), (32, 2)) * 0.5
+    return step, init_state(net, optimizer), x0
+
+
+@pytest.mark.slow
+def test_train_step_updates_and_is_deterministic(step_setup):
+    step, state, x0 = step_setup
+    key = jax.random.key(123)
+    new, metrics = step(state, x0, key)
+    again, metrics2 = step(state, x0, key)
+    other, _ = step(state, x0, jax.random.key(124))
+
+    old_l = [np.asarray(v) for v in jax.tree.leaves(params_of(state.network))]
+    new_l = [np.asarray(v) for v in jax.tree.leaves(params_of(new.network))]
+    for a, b in zip(old_l, new_l, strict=True):
+        delta = np.abs(b - a)
+        assert np.any(delta > 0), "every parameter array must move"
+        # Adam's first step is -lr g / (|g| + eps): no element moves more than lr.
+        assert delta.max() <= LR * (1 + 1e-3)
+    all_delta = np.concatenate([np.abs(b - a).ravel() for a, b in zip(old_l, new_l, strict=True)])
+    assert np.median(all_delta) > 0.5 * LR  # most elements have |g| >> eps, so they move ~lr
+
+    # Same key, same result, bit for bit; another key, another result.
+    for a, b in zip(leaves(new), leaves(again), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(metrics["loss"]) == float(metrics2["loss"])
+    assert not all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(leaves(new), leaves(other), strict=True)
+    )
+
+    # Metrics and bookkeeping: EMA = d * old + (1 - d) * new with d = 0.9, step counter + 1.
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    assert int(new.step) == int(state.step) + 1
+    for e, o, n in zip(leaves(new.ema), old_l, new_l, strict=True):
+        np.testing.assert_allclose(np.asarray(e), 0.9 * o + 0.1 * n, rtol=1e-6, atol=1e-7)
