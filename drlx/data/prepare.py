@@ -4,6 +4,7 @@ import zlib
 
 import numpy as np
 
+from drlx.data import images
 from drlx.data.toy2d import sample_toy
 from drlx.spec import data as data_spec
 
@@ -33,4 +34,14 @@ def prepare_arrays(spec: data_spec.DataSpec, seed: int) -> dict[str, np.ndarray]
                 "heldout_b": spec.num_heldout,
             }
             return {s: sample_toy(spec.name, n, split_seed(seed, s)) for s, n in sizes.items()}
+        case data_spec.DigitsData():
+            return images.split_by_seed(images.load_digits()[0], spec.num_heldout, seed)
+        case data_spec.Cifar10Data():
+            return images.cifar10_splits(spec.path)
+        case data_spec.ImageFolderData():
+            array = images.load_image_folder(spec.path, spec.size)
+            return images.split_by_seed(array, spec.num_heldout, seed)
+        case data_spec.NpzData():
+            array = images.load_npz(spec.path, spec.key, spec.shape)
+            return images.split_by_seed(array, spec.num_heldout, seed)
     raise TypeError(f"no data preparation for {spec!r}")

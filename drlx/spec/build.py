@@ -49,7 +49,24 @@ def data_shape(spec: data_spec.DataSpec) -> tuple[int, ...]:
     match spec:
         case data_spec.Toy2DData():
             return (2,)
+        case data_spec.DigitsData():
+            return (8, 8, 1)
+        case data_spec.Cifar10Data():
+            return (32, 32, 3)
+        case data_spec.ImageFolderData():
+            return (spec.size, spec.size, 3)
+        case data_spec.NpzData():
+            return tuple(spec.shape)  # stated in the spec; prepare checks it against the file
     raise TypeError(f"no data shape for {spec!r}")
+
+
+def data_flip(spec: data_spec.DataSpec) -> bool:
+    """Whether training batches get random left-right flips (images only)."""
+    match spec:
+        case data_spec.Toy2DData():
+            return False
+        case _:
+            return spec.flip
 
 
 def build_network(spec: model_spec.ModelSpec, shape: tuple[int, ...], key: PRNGKeyArray):
@@ -103,6 +120,7 @@ class Experiment:
     root_key: PRNGKeyArray
     schedule: Schedule
     shape: tuple[int, ...]
+    flip: bool
     step_sq: Array
     g_scale: Array
     weights: Array
@@ -134,6 +152,7 @@ def build(spec: ExperimentSpec) -> Experiment:
         root_key=jax.random.key(spec.seed),
         schedule=schedule,
         shape=data_shape(spec.data),
+        flip=data_flip(spec.data),
         step_sq=step_sq,
         g_scale=g_scale,
         weights=loss_weights(spec.objective.weighting, schedule, g_scale),

@@ -18,4 +18,49 @@ class Toy2DData(Block):
     num_heldout: PositiveInt = 5_000
 
 
-DataSpec = Annotated[Toy2DData, Field(discriminator="kind")]
+class DigitsData(Block):
+    """scikit-learn's embedded 8x8 digits (1797 images, no download), split at random by the
+    experiment seed into train and two disjoint held-out sets (drlx.data.images)."""
+
+    kind: Literal["digits"]
+    num_heldout: PositiveInt = Field(297, le=898)  # 1797 = 1203 train + 2 x 297
+    flip: bool = False  # digits are not mirror-symmetric
+
+
+class Cifar10Data(Block):
+    """CIFAR-10 from the official binary archive: train = the 50k training images, held-out
+    sets = the two halves of the 10k test set."""
+
+    kind: Literal["cifar10"]
+    path: str = "data/raw/cifar10/cifar-10-binary.tar.gz"
+    flip: bool = True
+
+
+class ImageFolderData(Block):
+    """A folder of .jpg/.png/.webp images (CelebA, LSUN exports), centre-cropped to squares,
+    resized to size x size, split at random by the experiment seed."""
+
+    kind: Literal["image_folder"]
+    path: str
+    size: PositiveInt
+    num_heldout: PositiveInt = 5_000
+    flip: bool = True
+
+
+class NpzData(Block):
+    """Images stored in an .npz: uint8 (N, H, W, C) or floats in [-1, 1], split at random by
+    the experiment seed. `shape` (H, W, C) is stated here, not read from the file, so that
+    building an experiment reads no files; preparing the data checks it against the array."""
+
+    kind: Literal["npz"]
+    path: str
+    key: str = "images"
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt]
+    num_heldout: PositiveInt = 5_000
+    flip: bool = False
+
+
+DataSpec = Annotated[
+    Toy2DData | DigitsData | Cifar10Data | ImageFolderData | NpzData,
+    Field(discriminator="kind"),
+]

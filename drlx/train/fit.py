@@ -28,7 +28,7 @@ def fit(exp: Experiment, train: np.ndarray, progress: bool = True) -> tuple[Trai
         spec.diffusion.shared_noise,
         spec.train.ema_decay,
     )
-    batches = batch_iterator(train, spec.train.batch_size, seed=spec.seed)
+    batches = batch_iterator(train, spec.train.batch_size, seed=spec.seed, flip=exp.flip)
     state = init_state(exp.init_network(), exp.optimizer)
     return train_loop(
         state, step, batches, exp.key("train"), spec.train.num_steps, spec.train.log_every, progress
