@@ -7,10 +7,11 @@ Schedules are computed in float64 numpy and stored as float32 arrays.
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from drlx.keys import per_example_normal
 
 
 class Schedule(eqx.Module):
@@ -108,7 +109,7 @@ def q_sample_pair(
     schedule: Schedule,
     x0: Float[Array, " N *D"],
     t: Int[Array, " N"],
-    key: PRNGKeyArray,
+    keys: PRNGKeyArray,
     shared_noise: bool,
 ) -> tuple[Float[Array, " N *D"], Float[Array, " N *D"]]:
     """Draw (x_t, x_{t+1}) from data x0 at per-example levels t.
@@ -117,19 +118,18 @@ def q_sample_pair(
         schedule: the noise schedule.
         x0: a batch of data.
         t: level of each example, in 0..T-1.
-        key: randomness for this batch.
+        keys: one key per example (drlx.keys.example_keys).
         shared_noise: CDRL's variance reduction (both from x0 with the same eps) when True;
             otherwise DRL's Markov step x_{t+1} = a_{t+1} x_t + sigma_{t+1} eps'.
 
     Returns:
         x_t and x_{t+1}, each shaped like x0.
     """
-    k1, k2 = jax.random.split(key)
-    eps = jax.random.normal(k1, x0.shape, x0.dtype)
+    eps = per_example_normal(keys, 0, x0)
     x_t = _bcast(schedule.abar[t], x0) * x0 + _bcast(schedule.sigmabar[t], x0) * eps
     if shared_noise:
         x_next = _bcast(schedule.abar[t + 1], x0) * x0 + _bcast(schedule.sigmabar[t + 1], x0) * eps
     else:
-        eps2 = jax.random.normal(k2, x0.shape, x0.dtype)
+        eps2 = per_example_normal(keys, 1, x0)
         x_next = _bcast(schedule.a[t + 1], x0) * x_t + _bcast(schedule.sigma[t + 1], x0) * eps2
     return x_t, x_next

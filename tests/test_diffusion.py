@@ -17,6 +17,7 @@ from drlx.diffusion import (
     linear_schedule,
     q_sample_pair,
 )
+from drlx.keys import example_keys
 from drlx.spec.build import loss_weights
 
 F32_RTOL = 1e-6
@@ -159,7 +160,7 @@ def test_q_sample_pair_moments(schedule_t6, shared_noise):
     n = N_PER_LEVEL * T
     x0 = jnp.tile(jnp.asarray(X0_ROW, jnp.float32), (n, 1))
     t = jnp.arange(n, dtype=jnp.int32) % T  # every level in one batch: per-example broadcasting
-    x_t, x_next = q_sample_pair(s, x0, t, jax.random.key(11), shared_noise)
+    x_t, x_next = q_sample_pair(s, x0, t, example_keys(jax.random.key(11), n), shared_noise)
     assert x_t.shape == x0.shape and x_next.shape == x0.shape
     x_t, x_next, t = np64(x_t), np64(x_next), np.asarray(t)
     a, abar, sbar = np64(s.a), np64(s.abar), np64(s.sigmabar)

@@ -8,6 +8,7 @@ from jaxtyping import PRNGKeyArray
 from tqdm.auto import tqdm
 
 from drlx.energy import ConditionalEBM
+from drlx.keys import per_example_normal
 from drlx.samplers.progressive import generate
 from drlx.samplers.ula import ULA
 
@@ -15,9 +16,8 @@ from drlx.samplers.ula import ULA
 @eqx.filter_jit
 def _chunk(ebm: ConditionalEBM, sampler: ULA, key: PRNGKeyArray, index: jax.Array, shape):
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
-    # levels 0..T-1 fold in their index (progressive.level_keys); the top noise folds in T
-    top = ebm.schedule.num_levels
-    x_top = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, top), shape))(keys)
+    # levels 0..T-1 fold in their index (in generate); the top noise folds in T
+    x_top = per_example_normal(keys, ebm.schedule.num_levels, jnp.zeros((len(index), *shape)))
     return generate(ebm, sampler, x_top, keys)[0]
 
 

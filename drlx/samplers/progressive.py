@@ -5,12 +5,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from drlx.energy import ConditionalEBM
+from drlx.keys import fold_each
 from drlx.samplers.ula import ULA, broadcast_to_example
-
-
-def level_keys(keys: PRNGKeyArray, level: Array) -> PRNGKeyArray:
-    """Per-example keys of one level: fold the level into each example's key."""
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, level)
 
 
 def recover(
@@ -47,7 +43,7 @@ def generate(
 
     def one_level(x, level):
         t = jnp.full((n,), level, jnp.int32)
-        x = recover(ebm, sampler, x, t, level_keys(keys, level))
+        x = recover(ebm, sampler, x, t, fold_each(keys, level))
         return x, x
 
     levels = jnp.arange(ebm.schedule.num_levels - 1, -1, -1)

@@ -7,15 +7,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from drlx.keys import per_example_normal
+
 # target(y) -> (log p(y) per example, grad_y log p(y))
 Target = Callable[[Array], tuple[Array, Array]]
-
-
-def per_example_normal(keys: PRNGKeyArray, step: Array, like: Array) -> Array:
-    """Standard normal noise for one step; example i's draw depends only on keys[i] and step,
-    so a chain does not change with the batch it runs in or the devices it is sharded over."""
-    draw = lambda k: jax.random.normal(jax.random.fold_in(k, step), like.shape[1:], like.dtype)  # noqa: E731
-    return jax.vmap(draw)(keys)
 
 
 def broadcast_to_example(v: Float[Array, " N"], like: Array) -> Array:

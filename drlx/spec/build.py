@@ -1,6 +1,5 @@
 """The one place where a spec becomes objects: an explicit `match` on each block's kind."""
 
-import zlib
 from dataclasses import dataclass
 
 import jax
@@ -15,6 +14,7 @@ from drlx.diffusion import (
     linear_schedule,
 )
 from drlx.energy import ConditionalEBM
+from drlx.keys import named_key
 from drlx.models import MLPEnergy
 from drlx.samplers import ULA
 from drlx.spec import data as data_spec
@@ -23,11 +23,6 @@ from drlx.spec import model as model_spec
 from drlx.spec import sampler as sampler_spec
 from drlx.spec.experiment import ExperimentSpec
 from drlx.spec.train import Train
-
-
-def named_key(root: PRNGKeyArray, name: str) -> PRNGKeyArray:
-    """The key of one consumer: fold_in(root, crc32(name))."""
-    return jax.random.fold_in(root, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 def build_schedule(spec: diffusion_spec.DiffusionSpec) -> Schedule:

@@ -10,6 +10,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from drlx.diffusion import q_sample_pair
 from drlx.energy import ConditionalEBM
+from drlx.keys import example_keys, fold_each
 from drlx.objective import recovery_likelihood_loss
 from drlx.samplers.ula import ULA, broadcast_to_example
 
@@ -35,11 +36,6 @@ def ema_update(ema: eqx.Module, network: eqx.Module, decay: float) -> eqx.Module
     n_params = eqx.filter(network, eqx.is_inexact_array)
     mixed = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, e_params, n_params)
     return eqx.combine(mixed, static)
-
-
-def example_keys(key: PRNGKeyArray, n: int) -> PRNGKeyArray:
-    """One key per example of a batch: fold_in(key, i)."""
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
 
 
 def negatives(
@@ -74,11 +70,12 @@ def make_train_step(
         n = x0.shape[0]
         ebm = make_ebm(state.network)
         schedule = ebm.schedule
-        k_level, k_pair, k_chain = jax.random.split(key, 3)
-        t = jax.random.randint(k_level, (n,), 0, schedule.num_levels)
-        x_t, x_next = q_sample_pair(schedule, x0, t, k_pair, shared_noise)
+        keys = example_keys(key, n)  # example i: level, noise and chain from fold_in(key, i)
+        draw_level = lambda k: jax.random.randint(k, (), 0, schedule.num_levels)  # noqa: E731
+        t = jax.vmap(draw_level)(fold_each(keys, 0))
+        x_t, x_next = q_sample_pair(schedule, x0, t, fold_each(keys, 1), shared_noise)
         y_pos = broadcast_to_example(schedule.a_out[t + 1], x_t) * x_t
-        y_neg = negatives(ebm, sampler, x_next, t, example_keys(k_chain, n))
+        y_neg = negatives(ebm, sampler, x_next, t, fold_each(keys, 2))
         loss, grads = eqx.filter_value_and_grad(recovery_likelihood_loss)(
             state.network, y_pos, y_neg, t, weights
         )
