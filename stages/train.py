@@ -4,6 +4,7 @@ from common import load_experiment, parser
 
 from drlx.evaluate.plots import loss_curve
 from drlx.io import read_arrays, save_model, write_json
+from drlx.train.checkpoint import Checkpointer
 from drlx.train.fit import fit
 
 
@@ -13,10 +14,12 @@ def main() -> None:
     p.add_argument("--model", required=True, help="output: EMA weights")
     p.add_argument("--history", required=True, help="output: loss history (JSON)")
     p.add_argument("--plot", required=True, help="output: loss curve (PNG)")
+    p.add_argument("--checkpoints", required=True, help="checkpoint folder (kept across runs)")
     args = p.parse_args()
     exp = load_experiment(args.spec)
     train = read_arrays(args.data, "train")["train"]
-    state, history = fit(exp, train, progress=exp.spec.runtime.progress)
+    checkpointer = Checkpointer(args.checkpoints, exp.spec.scientific_hash())
+    state, history = fit(exp, train, checkpointer, progress=exp.spec.runtime.progress)
     save_model(args.model, state.ema)
     write_json(args.history, history)
     loss_curve(

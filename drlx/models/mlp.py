@@ -1,6 +1,7 @@
 """An MLP energy network g_theta(y, t) for vectors (2D toys)."""
 
 from collections.abc import Callable
+from typing import Self
 
 import equinox as eqx
 import jax
@@ -91,3 +92,7 @@ class MLPEnergy(eqx.Module):
     def __call__(self, y: Float[Array, " N D"], t: Int[Array, " N"]) -> Float[Array, " N"]:
         """Network output g (a log-density up to scale) for a batch of vectors and levels."""
         return self.energy(y, self.embed(t))
+
+    def power_iteration(self) -> Self:
+        """No spectral normalization here: returns self (the interface of ResNetEnergy)."""
+        return self

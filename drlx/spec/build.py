@@ -15,7 +15,7 @@ from drlx.diffusion import (
 )
 from drlx.energy import ConditionalEBM
 from drlx.keys import named_key
-from drlx.models import MLPEnergy
+from drlx.models import MLPEnergy, ResNetEnergy
 from drlx.samplers import ULA
 from drlx.spec import data as data_spec
 from drlx.spec import diffusion as diffusion_spec
@@ -76,6 +76,17 @@ def build_network(spec: model_spec.ModelSpec, shape: tuple[int, ...], key: PRNGK
                 spec.activation,
                 spec.fourier_features,
                 spec.fourier_scale,
+                key=key,
+            )
+        case model_spec.ResNetEnergy():
+            _, _, channels = shape
+            return ResNetEnergy(
+                channels,
+                spec.width,
+                spec.blocks_per_resolution,
+                spec.channel_mults,
+                spec.embed_dim,
+                spec.spectral_norm,
                 key=key,
             )
     raise TypeError(f"no network for {spec!r}")

@@ -21,4 +21,17 @@ class MLPEnergy(Block):
     fourier_scale: float = Field(1.0, gt=0)
 
 
-ModelSpec = Annotated[MLPEnergy, Field(discriminator="kind")]
+class ResNetEnergy(Block):
+    """DRL's image energy network net_res_temb2 (REFERENCE section 6)."""
+
+    kind: Literal["resnet"]
+    width: PositiveInt = 128
+    blocks_per_resolution: PositiveInt = 8
+    channel_mults: tuple[PositiveInt, ...] = (1, 2, 2, 2)
+    embed_dim: PositiveInt = 128
+    spectral_norm: bool = True
+    # f = g / k_t with k_t = s_t^2 (DRL) or sigma_{t+1}^2 (see drlx/energy.py)
+    output_scale: Literal["step_size", "tether_variance"] = "step_size"
+
+
+ModelSpec = Annotated[MLPEnergy | ResNetEnergy, Field(discriminator="kind")]

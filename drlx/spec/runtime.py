@@ -13,3 +13,4 @@ class Runtime(Block):
     devices: Literal["all"] | PositiveInt = "all"
     progress: bool = True
     sample_batch_size: PositiveInt = Field(4096, description="chains run at once when sampling")
+    checkpoint_every: int = Field(1000, ge=0, description="steps between checkpoints; 0: end only")

@@ -3,23 +3,33 @@
 import numpy as np
 
 from drlx.data.pipeline import batch_iterator
+from drlx.sharding import check_divisible, make_mesh, replicate, shard_batch
 from drlx.spec.build import Experiment
+from drlx.train.checkpoint import Checkpointer
 from drlx.train.loop import train_loop
 from drlx.train.step import TrainState, init_state, make_train_step
 
 
-def fit(exp: Experiment, train: np.ndarray, progress: bool = True) -> tuple[TrainState, list[dict]]:
-    """Train from scratch for spec.train.num_steps steps.
+def fit(
+    exp: Experiment,
+    train: np.ndarray,
+    checkpointer: Checkpointer | None = None,
+    progress: bool = True,
+) -> tuple[TrainState, list[dict]]:
+    """Train for spec.train.num_steps steps, resuming from the newest good checkpoint if any.
 
     Arguments:
         exp: the compiled experiment.
         train: training examples in data space.
+        checkpointer: where checkpoints go (None: no checkpoints, no resumption).
         progress: show a progress bar.
 
     Returns:
         The final state (report `state.ema`) and the logged loss history.
     """
     spec = exp.spec
+    mesh = make_mesh(spec.runtime.devices)
+    check_divisible(spec.train.batch_size, mesh, "train.batch_size")
     step = make_train_step(
         exp.ebm,
         exp.train_sampler,
@@ -28,8 +38,27 @@ def fit(exp: Experiment, train: np.ndarray, progress: bool = True) -> tuple[Trai
         spec.diffusion.shared_noise,
         spec.train.ema_decay,
     )
+    key = exp.key("train")
     batches = batch_iterator(train, spec.train.batch_size, seed=spec.seed, flip=exp.flip)
-    state = init_state(exp.init_network(), exp.optimizer)
+    state, history = init_state(exp.init_network(), exp.optimizer), []
+    resumed = checkpointer.restore(state, key) if checkpointer else None
+    if resumed is not None:
+        state, history = resumed.state, resumed.history
+        batches.set_state(resumed.data_state)
+
+    def save(state: TrainState, history: list[dict]) -> None:
+        checkpointer.save(state, batches.get_state(), history, key)
+
     return train_loop(
-        state, step, batches, exp.key("train"), spec.train.num_steps, spec.train.log_every, progress
+        replicate(state, mesh),
+        step,
+        batches,
+        key,
+        spec.train.num_steps,
+        spec.train.log_every,
+        progress,
+        history=history,
+        checkpoint=save if checkpointer else None,
+        checkpoint_every=spec.runtime.checkpoint_every,
+        place=lambda batch: shard_batch(batch, mesh),
     )

@@ -11,7 +11,16 @@ from drlx.train.step import TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or inf loss."""
+    """Training produced a NaN or inf loss or gradient."""
+
+
+def _check(record: dict) -> None:
+    if not (np.isfinite(record["loss"]) and np.isfinite(record["grad_norm"])):
+        raise NonFiniteLossError(
+            f"training diverged at step {record['step']}: loss {record['loss']}, gradient norm "
+            f"{record['grad_norm']}; the last checkpoint before it is kept. Lower "
+            "train.learning_rate or sampler.step_size_b2"
+        )
 
 
 def train_loop(
@@ -22,41 +31,55 @@ def train_loop(
     num_steps: int,
     log_every: int,
     progress: bool = True,
+    history: list[dict] | None = None,
+    checkpoint: Callable[[TrainState, list[dict]], None] | None = None,
+    checkpoint_every: int = 0,
+    place: Callable = lambda batch: batch,
 ) -> tuple[TrainState, list[dict]]:
-    """Run `num_steps` steps from `state.step`; step i uses fold_in(key, i), so a run's numbers do
+    """Run from `state.step` to `num_steps`; step i uses fold_in(key, i), so a run's numbers do
     not depend on where it was resumed.
 
     Arguments:
         state: the starting state.
         train_step: the jitted step (state, batch, key) -> (state, metrics).
-        batches: an endless iterator of data batches.
+        batches: an endless iterator of data batches, positioned at `state.step`.
         key: the training key.
         num_steps: the step count to reach.
         log_every: record metrics every this many steps.
         progress: show a progress bar with loss, it/s and ETA.
+        history: records logged before `state.step` (when resuming).
+        checkpoint: called with (state, history) every `checkpoint_every` steps and at the end,
+            only after that step's loss and gradient were checked finite.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        place: puts a host batch on the devices (sharding).
 
     Returns:
-        The final state and a list of {"step", "loss", "grad_norm"} records.
+        The final state and the list of {"step", "loss", "grad_norm"} records.
 
     Raises:
-        NonFiniteLossError: when a logged loss is NaN or inf (the last good state is kept by the
-            caller's checkpoints; nothing is written from a diverged state).
+        NonFiniteLossError: when a loss or gradient norm is NaN or inf; nothing is saved from
+            the diverged state, so the last checkpoint is the last good one.
     """
-    history: list[dict] = []
+    history = list(history or [])
     start = int(state.step)
     bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="train", unit="it")
-    for i in range(start, num_steps):
-        state, metrics = train_step(state, next(batches), jax.random.fold_in(key, i))
-        if (i + 1) % log_every == 0 or i + 1 == num_steps:
-            record = {"step": i + 1, **{k: float(v) for k, v in metrics.items()}}
-            if not np.isfinite(record["loss"]):
-                bar.close()
-                raise NonFiniteLossError(
-                    f"loss became {record['loss']} at step {i + 1}; lower the learning rate or "
-                    "the Langevin step size (sampler.step_size_b2)"
-                )
-            history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4g}")
-        bar.update(1)
-    bar.close()
+    try:
+        for i in range(start, num_steps):
+            state, metrics = train_step(state, place(next(batches)), jax.random.fold_in(key, i))
+            step = i + 1
+            log = step % log_every == 0 or step == num_steps
+            save = checkpoint is not None and (
+                step == num_steps or (checkpoint_every and step % checkpoint_every == 0)
+            )
+            if log or save:
+                record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+                _check(record)
+                if log:
+                    history.append(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4g}")
+                if save:
+                    checkpoint(state, history)
+            bar.update(1)
+    finally:
+        bar.close()
     return state, history

@@ -1,0 +1,146 @@
+"""Checkpoints: exact resumption after a real kill, corrupt checkpoints, divergence."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from drlx.spec import load_spec
+from drlx.spec.build import build
+from drlx.train.checkpoint import Checkpointer
+from drlx.train.loop import NonFiniteLossError, train_loop
+from drlx.train.step import init_state
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """\
+extends: {base}
+name: ckpt
+data: {{name: two_moons, num_train: 2000, num_heldout: 300}}
+model: {{width: 32, depth: 2}}
+sampler: {{num_steps: 5}}
+train: {{num_steps: {steps}, batch_size: 64, log_every: 10}}
+runtime: {{progress: false, checkpoint_every: 20}}
+"""
+
+
+def _write_spec(tmp: Path, steps: int) -> Path:
+    path = tmp / "ckpt.yaml"
+    path.write_text(SPEC.format(base=ROOT / "specs/bases/toy2d.yaml", steps=steps))
+    return path
+
+
+def _train_cmd(spec: Path, data: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "stages/train.py"), "--spec", str(spec), "--data", str(data),
+        "--model", str(out / "model.eqx"), "--history", str(out / "history.json"),
+        "--plot", str(out / "loss.png"), "--checkpoints", str(out / "checkpoints"),
+    ]  # fmt: skip
+
+
+def _steps_saved(folder: Path) -> list[int]:
+    return sorted(
+        int(p.name) for p in folder.glob("*/*") if p.name.isdigit() and (p / "meta").exists()
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path: Path):
+    spec = _write_spec(tmp_path, steps=400)
+    data = tmp_path / "data.npz"
+    prepare = [sys.executable, str(ROOT / "stages/prepare.py"), "--spec", str(spec)]
+    subprocess.run([*prepare, "--out", str(data)], check=True, cwd=ROOT)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_cmd(spec, data, straight), check=True, cwd=ROOT)
+
+    proc = subprocess.Popen(_train_cmd(spec, data, killed), cwd=ROOT)
+    deadline = time.time() + 240
+    while time.time() < deadline and not [s for s in _steps_saved(killed / "checkpoints")
+                                          if s >= 60]:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # a real kill, mid-run, no clean-up
+    proc.wait()
+    saved = _steps_saved(killed / "checkpoints")
+    assert saved and max(saved) < 400, f"the kill came too late to test resumption: {saved}"
+    assert not (killed / "model.eqx").exists()
+
+    subprocess.run(_train_cmd(spec, data, killed), check=True, cwd=ROOT)
+    assert (killed / "model.eqx").read_bytes() == (straight / "model.eqx").read_bytes()
+    assert (killed / "history.json").read_text() == (straight / "history.json").read_text()
+
+
+@pytest.fixture
+def small(tmp_path: Path):
+    exp = build(load_spec(_write_spec(tmp_path, steps=40)))
+    return exp, init_state(exp.init_network(), exp.optimizer)
+
+
+def _bump(state, value):
+    params, static = eqx.partition(state, eqx.is_inexact_array)
+    params = jax.tree.map(lambda a: a + value, params)
+    return eqx.combine(params, static)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path: Path, small):
+    exp, state = small
+    key = exp.key("train")
+    ckpt = Checkpointer(tmp_path / "ck", exp.spec.scientific_hash())
+    first = eqx.tree_at(lambda s: s.step, state, jnp.asarray(10, jnp.int32))
+    second = eqx.tree_at(lambda s: s.step, _bump(state, 1.0), jnp.asarray(20, jnp.int32))
+    ckpt.save(first, {"next_index": 10}, [{"step": 10}], key)
+    ckpt.save(second, {"next_index": 20}, [{"step": 20}], key)
+
+    got = ckpt.restore(state, key)
+    assert int(got.state.step) == 20 and got.data_state == {"next_index": 20}
+
+    # flip bytes in the newest checkpoint's array data
+    files = [p for p in (ckpt.directory / "20" / "arrays").rglob("*") if p.is_file()]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    raw = bytearray(biggest.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    biggest.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="unusable"):
+        got = Checkpointer(tmp_path / "ck", exp.spec.scientific_hash()).restore(state, key)
+    assert int(got.state.step) == 10 and got.history == [{"step": 10}]
+    leaves = jax.tree.leaves(eqx.filter(got.state, eqx.is_inexact_array))
+    for a, b in zip(leaves, jax.tree.leaves(eqx.filter(first, eqx.is_inexact_array)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # truncate the remaining one too: nothing usable is left
+    for p in (ckpt.directory / "10" / "arrays").rglob("*"):
+        if p.is_file():
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    with pytest.warns(UserWarning):
+        assert Checkpointer(tmp_path / "ck", exp.spec.scientific_hash()).restore(state, key) is None
+
+
+def test_another_spec_never_resumes_a_stale_run(tmp_path: Path, small):
+    exp, state = small
+    Checkpointer(tmp_path / "ck", "a" * 64).save(state, {}, [], exp.key("train"))
+    assert Checkpointer(tmp_path / "ck", "b" * 64).restore(state, exp.key("train")) is None
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(small):
+    exp, state = small
+    saved = []
+
+    def fake_step(state, batch, key):
+        step = state.step + 1
+        loss = jnp.where(step >= 35, jnp.nan, 1.0)
+        return eqx.tree_at(lambda s: s.step, state, step), {"loss": loss, "grad_norm": loss}
+
+    with pytest.raises(NonFiniteLossError, match="step 35"):
+        train_loop(
+            state, fake_step, iter(lambda: None, 1), exp.key("train"), num_steps=100,
+            log_every=5, progress=False, checkpoint=lambda s, h: saved.append(int(s.step)),
+            checkpoint_every=10,
+        )  # fmt: skip
+    assert saved == [10, 20, 30]
