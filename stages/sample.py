@@ -5,6 +5,7 @@ from common import load_experiment, parser
 from drlx.evaluate.plots import scatter_samples
 from drlx.io import load_model, read_arrays, write_arrays
 from drlx.samplers.many import sample_many
+from drlx.sharding import make_mesh
 
 
 def main() -> None:
@@ -25,6 +26,7 @@ def main() -> None:
         exp.shape,
         min(spec.runtime.sample_batch_size, spec.evaluate.num_samples),
         spec.runtime.progress,
+        make_mesh(spec.runtime.devices),
     )
     write_arrays(args.out, samples=samples)
     heldout = read_arrays(args.data, "heldout")["heldout"][: len(samples)]

@@ -1,6 +1,7 @@
 """Small building blocks shared by the energy networks: activations, the level embedding,
 channels-last convolution and pooling, and spectrally normalized dense and conv layers."""
 
+import functools
 import math
 from typing import TypeVar
 
@@ -69,18 +70,6 @@ def avg_pool2(x: Float[Array, " N H W C"]) -> Float[Array, " N H/2 W/2 C"]:
     return jnp.mean(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
-def variance_scaling(key: PRNGKeyArray, shape: tuple[int, ...], scale: float = 1.0) -> Array:
-    """Uniform fan-average variance-scaling initialiser (DRL's `default_init`).
-
-    The last axis is the output axis and the second last the input axis; the leading axes (a
-    kernel's window) multiply both fans. Variance scale / fan_avg.
-    """
-    receptive = math.prod(shape[:-2])
-    fan_avg = 0.5 * receptive * (shape[-2] + shape[-1])
-    limit = math.sqrt(3.0 * scale / fan_avg)
-    return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
-
-
 # --- Spectral normalization (Miyato et al. 2018) -----------------------------------------------
 
 
@@ -113,8 +102,18 @@ def power_step(weight: Array, u: Float[Array, " O"]) -> Float[Array, " O"]:
     return _unit(matrix @ v)
 
 
-def _init_u(key: PRNGKeyArray, size: int) -> Array:
-    return _unit(jax.random.normal(key, (size,), jnp.float32))
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_layer(key: PRNGKeyArray, shape: tuple[int, ...], spectral_norm: bool):
+    """(weight, zero bias, random unit u or None) of a layer, in one compiled call per shape
+    from one uniform draw (op-by-op initialisation compiled each random op separately, ~1 s
+    per op and per shape on this CPU)."""
+    size, fan = shape[-1], math.prod(shape)
+    receptive = math.prod(shape[:-2])
+    limit = math.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
+    draw = jax.random.uniform(key, (fan + size,), jnp.float32, -1.0, 1.0)
+    weight = limit * draw[:fan].reshape(shape)
+    u = _unit(draw[fan:]) if spectral_norm else None
+    return weight, jnp.zeros((size,), jnp.float32), u
 
 
 class Dense(eqx.Module):
@@ -129,10 +128,8 @@ class Dense(eqx.Module):
     u: Float[Array, " O"] | None
 
     def __init__(self, in_features: int, out_features: int, spectral_norm: bool, key: PRNGKeyArray):
-        k_w, k_u = jax.random.split(key)
-        self.weight = variance_scaling(k_w, (in_features, out_features))
-        self.bias = jnp.zeros((out_features,), jnp.float32)
-        self.u = _init_u(k_u, out_features) if spectral_norm else None
+        shape = (in_features, out_features)
+        self.weight, self.bias, self.u = _init_layer(key, shape, spectral_norm)
 
     def normalized_weight(self) -> Float[Array, " I O"]:
         """W / sigma_hat(W) (W itself without spectral normalization)."""
@@ -173,11 +170,8 @@ class Conv2d(eqx.Module):
         init_scale: float | None = None,
     ):
         """init_scale: if given, add a learned per-channel scale initialised to this value."""
-        k_w, k_u = jax.random.split(key)
         shape = (kernel_size, kernel_size, in_channels, out_channels)
-        self.weight = variance_scaling(k_w, shape)
-        self.bias = jnp.zeros((out_channels,), jnp.float32)
-        self.u = _init_u(k_u, out_channels) if spectral_norm else None
+        self.weight, self.bias, self.u = _init_layer(key, shape, spectral_norm)
         self.scale = None if init_scale is None else jnp.full((out_channels,), init_scale)
 
     def normalized_weight(self) -> Float[Array, " kh kw I O"]:

@@ -4,13 +4,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray
-from tqdm.auto import tqdm
 
 from drlx.energy import ConditionalEBM
 from drlx.keys import per_example_normal
+from drlx.progress import progress_bar
 from drlx.samplers.progressive import generate
 from drlx.samplers.ula import ULA
+from drlx.sharding import check_divisible, replicate, shard_batch
 
 
 @eqx.filter_jit
@@ -29,6 +31,7 @@ def sample_many(
     shape: tuple[int, ...],
     chunk: int,
     progress: bool = True,
+    mesh: Mesh | None = None,
 ) -> np.ndarray:
     """Generate `num` samples from white noise, `chunk` chains at a time.
 
@@ -40,12 +43,21 @@ def sample_many(
         shape: shape of one sample.
         chunk: chains per jitted call (the last call is padded and trimmed).
         progress: show a progress bar.
+        mesh: devices to split each chunk's chains over (None: the default device).
 
     Returns:
         (num, *shape) float32 samples x_0.
     """
     out = []
-    for start in tqdm(range(0, num, chunk), disable=not progress, desc="sample", unit="chunk"):
+    if mesh is not None:
+        check_divisible(chunk, mesh, "the sampling chunk (runtime.sample_batch_size)")
+        ebm = replicate(ebm, mesh)
+    bar = progress_bar(num, "sample", "sample", progress)
+    for start in range(0, num, chunk):
         index = jnp.arange(start, start + chunk)
+        if mesh is not None:
+            index = shard_batch(index, mesh)
         out.append(np.asarray(_chunk(ebm, sampler, key, index, shape)))
+        bar.update(min(chunk, num - start))
+    bar.close()
     return np.concatenate(out)[:num]

@@ -5,8 +5,8 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
-from tqdm.auto import tqdm
 
+from drlx.progress import progress_bar
 from drlx.train.step import TrainState
 
 
@@ -62,7 +62,7 @@ def train_loop(
     """
     history = list(history or [])
     start = int(state.step)
-    bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="train", unit="it")
+    bar = progress_bar(num_steps, "train", "it", progress, initial=start)
     try:
         for i in range(start, num_steps):
             state, metrics = train_step(state, place(next(batches)), jax.random.fold_in(key, i))

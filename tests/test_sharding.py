@@ -1,0 +1,43 @@
+"""The same numbers on 1 and on 4 (simulated) devices."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from drlx.sharding import make_mesh
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """\
+extends: {base}
+name: shard
+data: {{name: two_moons, num_train: 600, num_heldout: 100}}
+model: {{width: 32, depth: 2}}
+sampler: {{num_steps: 8}}
+train: {{num_steps: 20, batch_size: 64, log_every: 5, warmup_steps: 5}}
+runtime: {{progress: false}}
+"""
+
+
+@pytest.mark.slow
+def test_one_and_four_devices_agree(tmp_path: Path):
+    spec = tmp_path / "shard.yaml"
+    spec.write_text(SPEC.format(base=ROOT / "specs/bases/toy2d.yaml"))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests/sharded_run.py"), str(spec)],
+        env=env, capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    diff = json.loads(out.stdout.strip().splitlines()[-1])
+    # Only the order of floating-point reductions (batch means, gradient sums) may differ.
+    assert diff["loss_diff"] <= 1e-5
+    assert diff["param_diff"] <= 1e-5 * max(1.0, diff["param_scale"])
+    assert diff["sample_diff"] <= 1e-5
+
+
+def test_mesh_rejects_more_devices_than_visible():
+    with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
+        make_mesh(10_000)
