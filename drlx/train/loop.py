@@ -76,7 +76,7 @@ def train_loop(
                 _check(record)
                 if log:
                     history.append(record)
-                    bar.set_postfix(loss=f"{record['loss']:.4g}")
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
                 if save:
                     checkpoint(state, history)
             bar.update(1)
