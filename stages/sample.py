@@ -2,7 +2,7 @@
 
 from common import load_experiment, parser
 
-from drlx.evaluate.plots import scatter_samples
+from drlx.evaluate.plots import samples_figure
 from drlx.io import load_model, read_arrays, write_arrays
 from drlx.samplers.many import sample_many
 from drlx.sharding import make_mesh
@@ -30,7 +30,7 @@ def main() -> None:
     )
     write_arrays(args.out, samples=samples)
     heldout = read_arrays(args.data, "heldout")["heldout"][: len(samples)]
-    scatter_samples(args.plot, heldout, samples, f"{spec.name}: held-out data vs model samples")
+    samples_figure(args.plot, heldout, samples, f"{spec.name}: held-out data vs model samples")
 
 
 if __name__ == "__main__":

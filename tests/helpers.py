@@ -1,10 +1,13 @@
 """Helpers shared by the tests: spec files written on the fly, and a quadratic energy network
 whose conditional densities are Gaussian in closed form."""
 
+import io
+import tarfile
 from pathlib import Path
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 # A complete spec with no `extends` (every block spelled out), used to make broken variants.
@@ -104,3 +107,28 @@ def random_mlp(key, dim: int = 2, width: int = 16, depth: int = 2, fourier_featu
         0.1 * jax.random.normal(k_b, shape_b),
     )
     return eqx.tree_at(lambda n: (n.readout.weight, n.readout.bias), net, new)
+
+
+# ---- synthetic files in the real CIFAR-10 binary format ----
+BATCHES = [f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)] + [
+    "cifar-10-batches-bin/test_batch.bin"
+]
+
+
+def cifar_records(n: int, offset: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """n records whose R, G and B planes hold distinct values; returns bytes, images, labels."""
+    rng = np.random.default_rng(offset)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    planes = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.uint8)
+    planes[:, 0, 0, 0], planes[:, 1, 0, 0], planes[:, 2, 0, 0] = 10, 20, 30
+    table = np.concatenate([labels[:, None], planes.reshape(n, -1)], axis=1)
+    return table.tobytes(), planes.transpose(0, 2, 3, 1), labels
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

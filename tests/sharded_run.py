@@ -36,9 +36,15 @@ if __name__ == "__main__":
     assert len(jax.devices()) == 4, jax.devices()
     p1, s1, l1 = run(sys.argv[1], 1)
     p4, s4, l4 = run(sys.argv[1], 4)
-    print(json.dumps({
-        "param_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p4, strict=True)),
-        "param_scale": max(float(np.max(np.abs(a))) for a in p1),
-        "sample_diff": float(np.max(np.abs(s1 - s4))),
-        "loss_diff": float(np.max(np.abs(np.subtract(l1, l4)))),
-    }))
+    print(
+        json.dumps(
+            {
+                "param_diff": max(
+                    float(np.max(np.abs(a - b))) for a, b in zip(p1, p4, strict=True)
+                ),
+                "param_scale": max(float(np.max(np.abs(a))) for a in p1),
+                "sample_diff": float(np.max(np.abs(s1 - s4))),
+                "loss_diff": float(np.max(np.abs(np.subtract(l1, l4)))),
+            }
+        )
+    )

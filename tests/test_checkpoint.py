@@ -63,8 +63,9 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path: Path):
 
     proc = subprocess.Popen(_train_cmd(spec, data, killed), cwd=ROOT)
     deadline = time.time() + 240
-    while time.time() < deadline and not [s for s in _steps_saved(killed / "checkpoints")
-                                          if s >= 60]:
+    while time.time() < deadline and not [
+        s for s in _steps_saved(killed / "checkpoints") if s >= 60
+    ]:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # a real kill, mid-run, no clean-up
     proc.wait()

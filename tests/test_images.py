@@ -1,13 +1,10 @@
 """Image datasets from synthetic files in the real formats, the held-out splits, the data specs,
 and the pipeline's horizontal flips."""
 
-import io
-import tarfile
-from pathlib import Path
-
 import numpy as np
 import pydantic
 import pytest
+from helpers import BATCHES, cifar_records, write_tar
 from PIL import Image
 
 from drlx.data import images
@@ -17,28 +14,6 @@ from drlx.spec import data as data_spec
 from drlx.spec.build import data_shape
 
 RECORD = 3073
-BATCHES = [f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)] + [
-    "cifar-10-batches-bin/test_batch.bin"
-]
-
-
-def cifar_records(n: int, offset: int) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """n records whose R, G and B planes hold distinct values; returns bytes, images, labels."""
-    rng = np.random.default_rng(offset)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    planes = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.uint8)
-    planes[:, 0, 0, 0], planes[:, 1, 0, 0], planes[:, 2, 0, 0] = 10, 20, 30
-    table = np.concatenate([labels[:, None], planes.reshape(n, -1)], axis=1)
-    return table.tobytes(), planes.transpose(0, 2, 3, 1), labels
-
-
-def write_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 @pytest.fixture

@@ -160,3 +160,29 @@ def image_grid(path, images: np.ndarray, nrow: int, title: str) -> None:
     ax.set_axis_off()
     fig.suptitle(title)
     _save(fig, path)
+
+
+def samples_figure(path, data: np.ndarray, samples: np.ndarray, title: str) -> None:
+    """The picture of a sample set: a scatter next to held-out data for 2D points, a grid of
+    64 held-out images above 64 model samples for images."""
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        scatter_samples(path, data, samples, title)
+    else:
+        n = min(64, len(data), len(samples))
+        both = np.concatenate([data[:n], np.zeros_like(data[:8]), samples[:n]])
+        image_grid(path, both, 8, f"{title}\n(top: held-out data, bottom: model samples)")
+
+
+def log_density_histogram(path, values: dict[str, np.ndarray], title: str) -> None:
+    """Overlaid histograms of a model's log-density on several sets (held-out data, samples)."""
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+    bins = np.linspace(np.percentile(finite, 0.5), np.percentile(finite, 99.5), 60)
+    for label, v in values.items():
+        ax.hist(v, bins=bins, alpha=0.5, density=True, label=f"{label} (n={len(v)})")
+    ax.set_xlabel("level-0 log-density f(y, 0) (unnormalized)")
+    ax.set_ylabel("frequency")
+    ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)

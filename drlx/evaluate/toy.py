@@ -16,7 +16,8 @@ def sample_quality(
     """Sliced Wasserstein-1 and MMD^2 of model samples against held-out data, next to the same
     numbers for a second held-out draw of equal size (the floor a perfect model would reach)."""
     n = min(len(samples), len(heldout), len(heldout_b))
-    x, ref, floor = samples[:n], heldout[:n], heldout_b[:n]
+    flat = lambda a: a[:n].reshape(n, -1)  # noqa: E731  (images: pixels as coordinates)
+    x, ref, floor = flat(samples), flat(heldout), flat(heldout_b)
     swd = sliced_wasserstein(x, ref, num_projections)
     swd_floor = sliced_wasserstein(floor, ref, num_projections)
     return {
@@ -29,6 +30,15 @@ def sample_quality(
     }
 
 
+def level0_log_density(ebm: ConditionalEBM, x: np.ndarray, chunk: int = 1000) -> np.ndarray:
+    """The level-0 model's unnormalized log-density f(a_1 x, 0) of data-space points x."""
+    out = []
+    for start in range(0, len(x), chunk):
+        y = ebm.schedule.a_out[1] * jnp.asarray(x[start : start + chunk], jnp.float32)
+        out.append(np.asarray(ebm.marginal_log_prob(y, jnp.zeros(len(y), jnp.int32))))
+    return np.concatenate(out)
+
+
 def level0_density_grid(
     ebm: ConditionalEBM, toy: str, resolution: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,9 +49,7 @@ def level0_density_grid(
     """
     axis = np.linspace(-GRID_LIMIT, GRID_LIMIT, resolution)
     points = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
-    t = jnp.zeros(len(points), jnp.int32)
-    y = ebm.schedule.a_out[1] * jnp.asarray(points, jnp.float32)  # the EBM's variable y = a_1 x_0
-    log_model = np.asarray(ebm.marginal_log_prob(y, t))
+    log_model = level0_log_density(ebm, points)
     log_true = toy_log_density(toy, points)
     shape = (resolution, resolution)
     return axis, log_model.reshape(shape), log_true.reshape(shape)

@@ -39,18 +39,51 @@ def sinusoidal_embedding(t: Float[Array, " *B"], dim: int, max_period: float = 1
 
 # --- Channels-last convolution -------------------------------------------------------------------
 # Measured on the 2-core CPU this package targets (batch 64, 32x32x32 -> 32 and batch 16,
-# 32x32x128 -> 128, 3x3): one batched `conv_general_dilated` in NHWC/HWIO ran at the speed of a
-# large float32 matmul (~85-95 GFLOP/s, forward and input-gradient alike); NCHW/OIHW was 0-25%
-# slower, Equinox's Conv2d under vmap (which XLA turns into the same batched NCHW convolution)
-# likewise, and im2col (one matmul over 9 shifted copies) or 9 shifted matmuls 3-8x slower.
+# 32x32x128 -> 128, 3x3): one batched `conv_general_dilated` in NHWC/HWIO (XLA:CPU runs it with
+# Eigen) reached ~85-110 GFLOP/s, forward and input gradient alike, about half of a 2048^3
+# float32 matmul on the idle machine; NCHW/OIHW was 0-25% slower, Equinox's Conv2d under vmap
+# (XLA batches it into one NCHW convolution) likewise, im2col or 9 shifted matmuls 3-8x slower
+# and Winograd F(2x2, 3x3) 1.2-3x slower (XLA's skinny matmuls and data movement).
 
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_same(x: Array, weight: Array) -> Array:
+    return jax.lax.conv_general_dilated(x, weight, (1, 1), "SAME", dimension_numbers=_CONV_DIMS)
+
+
+@jax.custom_vjp
+def _conv(x: Array, weight: Array) -> Array:
+    return _conv_same(x, weight)
+
+
+def _conv_fwd(x, weight):
+    return _conv_same(x, weight), (x, weight)
+
+
+def _conv_bwd(residuals, cotangent):
+    # The input gradient of a stride-1 'SAME' convolution with an odd kernel is the same
+    # convolution with the kernel flipped in space and its in/out axes swapped. Written out
+    # here because JAX's own transpose rule swaps the kernel's dimension labels (HWOI) and,
+    # inside a lax.scan (a Langevin chain), XLA:CPU then ran that convolution through its naive
+    # loop emitter instead of Eigen: 7x slower per step (0.31 vs 0.047 s, 64x32x32x32).
+    x, weight = residuals
+    flipped = jnp.swapaxes(jnp.flip(weight, (0, 1)), 2, 3)
+    dx = _conv_same(cotangent, flipped)
+    _, weight_vjp = jax.vjp(lambda w: _conv_same(x, w), weight)  # dead code when unused
+    (dw,) = weight_vjp(cotangent)
+    return dx, dw
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def conv2d(
     x: Float[Array, " N H W I"], weight: Float[Array, " kh kw I O"], bias: Array | None = None
 ) -> Float[Array, " N H W O"]:
     """Stride-1, 'SAME'-padded 2D convolution of a channels-last batch (cross-correlation).
+
+    Reverse-mode differentiable (custom VJP, see `_conv_bwd`); no forward mode (jvp).
 
     Arguments:
         x: inputs (N, H, W, I).
@@ -60,7 +93,9 @@ def conv2d(
     Returns:
         Outputs (N, H, W, O).
     """
-    y = jax.lax.conv_general_dilated(x, weight, (1, 1), "SAME", dimension_numbers=_CONV_DIMS)
+    if weight.shape[0] % 2 == 0 or weight.shape[1] % 2 == 0:
+        raise ValueError(f"conv2d needs an odd kernel size, got {weight.shape[:2]}")
+    y = _conv(x, weight)
     return y if bias is None else y + bias
 
 

@@ -68,7 +68,10 @@ def make_train_step(
     @eqx.filter_jit
     def train_step(state: TrainState, x0: Array, key: PRNGKeyArray) -> tuple[TrainState, dict]:
         n = x0.shape[0]
-        ebm = make_ebm(state.network)
+        # one power iteration of every spectral norm per step; the chain and the loss then use
+        # fixed normalized weights, and the advanced vectors are carried in the new state
+        network = state.network.power_iteration()
+        ebm = make_ebm(network)
         schedule = ebm.schedule
         keys = example_keys(key, n)  # example i: level, noise and chain from fold_in(key, i)
         draw_level = lambda k: jax.random.randint(k, (), 0, schedule.num_levels)  # noqa: E731
@@ -77,11 +80,11 @@ def make_train_step(
         y_pos = broadcast_to_example(schedule.a_out[t + 1], x_t) * x_t
         y_neg = negatives(ebm, sampler, x_next, t, fold_each(keys, 2))
         loss, grads = eqx.filter_value_and_grad(recovery_likelihood_loss)(
-            state.network, y_pos, y_neg, t, weights
+            network, y_pos, y_neg, t, weights
         )
-        params = eqx.filter(state.network, eqx.is_inexact_array)
+        params = eqx.filter(network, eqx.is_inexact_array)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        network = eqx.apply_updates(state.network, updates)
+        network = eqx.apply_updates(network, updates)
         new_state = TrainState(
             network, ema_update(state.ema, network, ema_decay), opt_state, state.step + 1
         )
