@@ -25,7 +25,14 @@ class TrainState(eqx.Module):
 
 
 def init_state(network: eqx.Module, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh state: EMA starts at the initial weights."""
+    """A fresh state: EMA starts at the initial weights.
+
+    Weakly typed arrays (from Python scalars) are made strong first: the step returns strong
+    types, and a change of type between calls means a recompilation (seconds per step).
+    """
+    network = jax.tree.map(
+        lambda a: a.astype(a.dtype) if eqx.is_array(a) and a.weak_type else a, network
+    )
     params = eqx.filter(network, eqx.is_inexact_array)
     return TrainState(network, network, optimizer.init(params), jnp.zeros((), jnp.int32))
 
