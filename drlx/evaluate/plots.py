@@ -128,6 +128,33 @@ def loss_curve(path, steps: np.ndarray, losses: np.ndarray, title: str) -> None:
     _save(fig, path)
 
 
+def _tile(images: np.ndarray, ncol: int) -> np.ndarray:
+    """Images (N, H, W, C) in [-1, 1] tiled into one [0, 1] canvas with white gaps."""
+    imgs = np.asarray(images, dtype=np.float64)
+    if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3):
+        raise ValueError(f"images must have shape (N, H, W, 1|3), got {imgs.shape}")
+    n, h, w, c = imgs.shape
+    imgs = np.clip((imgs + 1.0) / 2.0, 0.0, 1.0)
+    cols = max(1, min(int(ncol), n))
+    rows = -(-n // cols)
+    pad = 2
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c))
+    for k in range(n):
+        r, q = divmod(k, cols)
+        y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[y0 : y0 + h, x0 : x0 + w] = imgs[k]
+    return canvas
+
+
+def _show(ax, canvas: np.ndarray, title: str) -> None:
+    if canvas.shape[-1] == 1:
+        ax.imshow(canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(canvas, interpolation="nearest")
+    ax.set_title(title)
+    ax.set_axis_off()
+
+
 def image_grid(path, images: np.ndarray, nrow: int, title: str) -> None:
     """Tile images into one grid picture; pixels mapped from [-1, 1] to [0, 1] and clipped.
 
@@ -137,27 +164,9 @@ def image_grid(path, images: np.ndarray, nrow: int, title: str) -> None:
         nrow: number of images per row of the grid.
         title: figure title.
     """
-    imgs = np.asarray(images, dtype=np.float64)
-    if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3):
-        raise ValueError(f"images must have shape (N, H, W, 1|3), got {imgs.shape}")
-    n, h, w, c = imgs.shape
-    imgs = np.clip((imgs + 1.0) / 2.0, 0.0, 1.0)
-    cols = max(1, min(int(nrow), n))
-    rows = -(-n // cols)
-    pad = 2
-    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c))
-    for k in range(n):
-        r, q = divmod(k, cols)
-        y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
-        canvas[y0 : y0 + h, x0 : x0 + w] = imgs[k]
-    scale = 6.0 / max(canvas.shape[:2])
-    fig = Figure(figsize=(canvas.shape[1] * scale + 0.4, canvas.shape[0] * scale + 0.6))
-    ax = fig.add_axes((0.02, 0.02, 0.96, 0.88))
-    if c == 1:
-        ax.imshow(canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        ax.imshow(canvas, interpolation="nearest")
-    ax.set_axis_off()
+    canvas = _tile(images, nrow)
+    fig = Figure(figsize=(6.0, 6.0 * canvas.shape[0] / canvas.shape[1] + 0.6))
+    _show(fig.add_subplot(1, 1, 1), canvas, "")
     fig.suptitle(title)
     _save(fig, path)
 
@@ -169,8 +178,11 @@ def samples_figure(path, data: np.ndarray, samples: np.ndarray, title: str) -> N
         scatter_samples(path, data, samples, title)
     else:
         n = min(64, len(data), len(samples))
-        both = np.concatenate([data[:n], np.zeros_like(data[:8]), samples[:n]])
-        image_grid(path, both, 8, f"{title}\n(top: held-out data, bottom: model samples)")
+        fig = Figure(figsize=(10.0, 5.6))
+        _show(fig.add_subplot(1, 2, 1), _tile(data[:n], 8), f"held-out data (n={n})")
+        _show(fig.add_subplot(1, 2, 2), _tile(samples[:n], 8), f"model samples (n={n})")
+        fig.suptitle(title)
+        _save(fig, path)
 
 
 def log_density_histogram(path, values: dict[str, np.ndarray], title: str) -> None:

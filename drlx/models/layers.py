@@ -207,7 +207,9 @@ class Conv2d(eqx.Module):
         """init_scale: if given, add a learned per-channel scale initialised to this value."""
         shape = (kernel_size, kernel_size, in_channels, out_channels)
         self.weight, self.bias, self.u = _init_layer(key, shape, spectral_norm)
-        self.scale = None if init_scale is None else jnp.full((out_channels,), init_scale, dtype=jnp.float32)
+        self.scale = (
+            None if init_scale is None else jnp.full((out_channels,), init_scale, jnp.float32)
+        )
 
     def normalized_weight(self) -> Float[Array, " kh kw I O"]:
         """scale * W / sigma_hat(W), with the factors that are configured."""

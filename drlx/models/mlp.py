@@ -81,7 +81,7 @@ class MLPEnergy(eqx.Module):
     def energy(self, y: Float[Array, " N D"], context: tuple[Array, ...]) -> Float[Array, " N"]:
         """g(y, t) given `embed(t)`."""
         *biases, read = context
-        h = y
+        h = y = y.reshape(y.shape[0], -1)  # images enter as vectors of pixels
         if self.fourier is not None:
             angles = 2.0 * jnp.pi * (y @ jax.lax.stop_gradient(self.fourier))
             h = jnp.concatenate([y, jnp.sin(angles), jnp.cos(angles)], axis=-1)

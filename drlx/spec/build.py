@@ -1,5 +1,6 @@
 """The one place where a spec becomes objects: an explicit `match` on each block's kind."""
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -67,7 +68,7 @@ def data_flip(spec: data_spec.DataSpec) -> bool:
 def build_network(spec: model_spec.ModelSpec, shape: tuple[int, ...], key: PRNGKeyArray):
     match spec:
         case model_spec.MLPEnergy():
-            (dim,) = shape
+            dim = math.prod(shape)
             return MLPEnergy(
                 dim,
                 spec.width,
