@@ -1,0 +1,1 @@
+"""Normalized density: AIS for the conditional EBMs (issue 4, in progress)."""
