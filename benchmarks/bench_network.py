@@ -1,0 +1,258 @@
+"""Throughput of the image energy network (ResNetEnergy) on this machine's CPU.
+
+Measures, per configuration,
+- Langevin sample-steps per second: a jitted lax.scan of 10 ULA-like steps
+  y <- y + 0.5 s^2 grad_y g(y, t) + s eps on a batch; one sample-step is one image's energy
+  forward plus its gradient in the input (images * steps / second);
+- the training step's forward + backward in the parameters of the g-difference loss
+  mean(g(y-, t) - g(y+, t)) on a batch (two images per example);
+and converts both to GFLOP/s from multiply-adds counted analytically from the conv shapes,
+next to a same-process float32 matmul baseline. Writes benchmarks/results/network.json.
+
+Usage: python benchmarks/bench_network.py [--quick] [--only NAME ...] [--out PATH]
+XLA flags: set XLA_FLAGS before running (they are recorded in the JSON).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from drlx.models import ResNetEnergy
+from drlx.models.layers import conv2d
+
+CHAIN_STEPS = 10
+FLOP_CONVENTION = (
+    "FLOPs = 2 x multiply-adds of the convolutions and dense layers of one image's energy "
+    "forward (level-embedding layers excluded: computed once per chain). A sample-step = "
+    "forward + gradient in the input = 2 x forward FLOPs (the input-gradient pass of a conv "
+    "has the forward's multiply-adds; no weight gradients). A training example = 2 images "
+    "(y+, y-), each forward + backward in inputs and weights = 3 x forward FLOPs, so 6 x "
+    "forward FLOPs per example. 'gflops_3x' restates sample-steps with the 3x-forward "
+    "convention (backward counted as 2 x forward) for comparison with such numbers."
+)
+
+LIMITS = (
+    "The network runs at the speed of its convolutions alone ('dominant_conv'): XLA:CPU's "
+    "Eigen convolution, about half of a large float32 matmul on the idle machine. No faster "
+    "convolution is reachable from JAX here: XLA_FLAGS xla_cpu_use_onednn, "
+    "xla_cpu_experimental_onednn_custom_call, xnn/ynn fusion types (dot only; convolution is "
+    "not a valid type) and xnn graph fusion left the convolutions on Eigen (within noise); "
+    "NCHW, vmapped Equinox Conv2d, im2col, shifted matmuls and Winograd F(2x2,3x3) were "
+    "slower. The machine is shared: the load average and the matmul baseline before and after "
+    "show how much other processes took."
+)
+
+CONFIGS = {
+    "digits_w32": dict(
+        shape=(8, 8, 1), width=32, blocks=2, mults=(1, 2), batch=128, target_sample_steps=None
+    ),
+    "cifar_w32": dict(
+        shape=(32, 32, 3), width=32, blocks=2, mults=(1, 2, 2, 2), batch=64, target_sample_steps=440
+    ),
+    "cifar_full": dict(
+        shape=(32, 32, 3), width=128, blocks=8, mults=(1, 2, 2, 2), batch=16,
+        target_sample_steps=9.4,
+    ),
+}  # fmt: skip
+
+
+def forward_macs(net: ResNetEnergy, shape: tuple[int, int, int]) -> dict[str, int]:
+    """Multiply-adds of one image's energy forward, from the layer shapes."""
+    h, w, _ = shape
+    conv = 0
+
+    def conv_macs(layer, h, w):
+        kh, kw, i, o = layer.weight.shape
+        return h * w * kh * kw * i * o
+
+    conv += conv_macs(net.conv_in, h, w)
+    for s, stage in enumerate(net.stages):
+        if s > 0:
+            h, w = h // 2, w // 2
+        for block in stage:
+            conv += conv_macs(block.conv1, h, w) + conv_macs(block.conv2, h, w)
+            if block.shortcut is not None:
+                conv += conv_macs(block.shortcut, h, w)
+    readout = net.readout.weight.shape[1]  # <features, read> per image
+    return {"conv": conv, "readout": readout, "total": conv + readout}
+
+
+def timed(fn, *args, reps: int) -> dict[str, float]:
+    """Compile (first call), then time `reps` calls; seconds."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return {"compile_s": compile_s, "min_s": min(times), "median_s": statistics.median(times)}
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Best-of-reps float32 matmul throughput, GFLOP/s."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    t = timed(jax.jit(lambda a: a @ a), a, reps=reps)
+    return 2 * n**3 / t["min_s"] / 1e9
+
+
+def conv_kernel(n: int, h: int, w: int, c: int, reps: int) -> dict:
+    """The speed of the network's most common convolution alone (3x3, c -> c channels at the
+    input resolution, forward and input gradient), to tell kernel speed from overheads."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, c, c)) / (3 * c**0.5), jnp.float32)
+    flops = 2 * n * h * w * 9 * c * c
+    fwd = timed(jax.jit(conv2d), x, k, reps=reps)
+    # grad of ||conv(x)||^2 / 2: the forward and the input-gradient convolution, little else
+    loss = lambda x_, k_: 0.5 * jnp.sum(conv2d(x_, k_) ** 2)  # noqa: E731
+    grad = timed(jax.jit(jax.grad(loss)), x, k, reps=reps)
+    return {
+        "shape": [n, h, w, c, c],
+        "forward_gflops": flops / fwd["min_s"] / 1e9,
+        "forward_plus_input_grad_gflops": 2 * flops / grad["min_s"] / 1e9,
+    }
+
+
+@eqx.filter_jit
+def chain(net, y, t, s2, key):
+    """CHAIN_STEPS ULA-like steps on the batch (level embedding computed once)."""
+    context = net.embed(t)
+    grad_fn = jax.grad(lambda y_: jnp.sum(net.energy(y_, context)))
+    scale = jnp.sqrt(s2)
+
+    def step(y, k):
+        eps = jax.random.normal(jax.random.fold_in(key, k), (y.size,)).reshape(y.shape)
+        return y + 0.5 * s2 * grad_fn(y) + scale * eps, None
+
+    y, _ = jax.lax.scan(step, y, jnp.arange(CHAIN_STEPS))
+    return y
+
+
+@eqx.filter_jit
+def train_grads(net, y_pos, y_neg, t):
+    """Forward + backward in the parameters of mean(g(y-, t) - g(y+, t))."""
+    loss = lambda n: jnp.mean(n(y_neg, t) - n(y_pos, t))  # noqa: E731
+    return eqx.filter_value_and_grad(loss)(net)
+
+
+def bench_config(name: str, cfg: dict, reps: int) -> dict:
+    h, w, c = cfg["shape"]
+    n = cfg["batch"]
+    net = ResNetEnergy(c, cfg["width"], cfg["blocks"], cfg["mults"], 128, True, jax.random.key(0))
+    # switch the residual branches on (scale 1) so that no work is skipped as trivially zero
+    net = eqx.tree_at(
+        lambda m: [b.conv2.scale for s in m.stages for b in s],
+        net,
+        [jnp.ones_like(b.conv2.scale) for s in net.stages for b in s],
+    )
+    rng = np.random.default_rng(1)
+    y = jnp.asarray(rng.uniform(-1, 1, (n, h, w, c)), jnp.float32)
+    y_neg = jnp.asarray(y + 0.1 * rng.standard_normal(y.shape), jnp.float32)
+    t = jnp.asarray(rng.integers(0, 6, n), jnp.int32)
+    macs = forward_macs(net, cfg["shape"])
+    fwd_flops = 2 * macs["total"]
+
+    sample = timed(chain, net, y, t, jnp.float32(1e-4), jax.random.key(2), reps=reps)
+    steps_per_s = n * CHAIN_STEPS / sample["min_s"]
+    train = timed(train_grads, net, y, y_neg, t, reps=reps)
+    examples_per_s = n / train["min_s"]
+    conv = conv_kernel(n, h, w, cfg["width"] * cfg["mults"][0], reps)
+    result = {
+        "shape": list(cfg["shape"]),
+        "width": cfg["width"],
+        "blocks_per_resolution": cfg["blocks"],
+        "channel_mults": list(cfg["mults"]),
+        "batch": n,
+        "forward_macs_per_image": macs,
+        "sample": {
+            **sample,
+            "chain_steps": CHAIN_STEPS,
+            "sample_steps_per_s": steps_per_s,
+            "sample_steps_per_s_median": n * CHAIN_STEPS / sample["median_s"],
+            "gflops": steps_per_s * 2 * fwd_flops / 1e9,
+            "gflops_3x": steps_per_s * 3 * fwd_flops / 1e9,
+            "target_sample_steps_per_s": cfg["target_sample_steps"],
+        },
+        "train": {
+            **train,
+            "examples_per_s": examples_per_s,
+            "gflops": examples_per_s * 6 * fwd_flops / 1e9,
+        },
+        "dominant_conv": conv,
+    }
+    print(
+        f"{name:11s} fwd {macs['total'] / 1e6:8.1f} M MAC/img | sample {steps_per_s:8.1f} steps/s "
+        f"({result['sample']['gflops']:5.1f} GFLOP/s, target {cfg['target_sample_steps']}) | "
+        f"train {examples_per_s:7.1f} ex/s ({result['train']['gflops']:5.1f} GFLOP/s) | "
+        f"conv alone {conv['forward_plus_input_grad_gflops']:5.1f} GFLOP/s",
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--only", nargs="*", choices=list(CONFIGS), help="configurations to run")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "network.json"
+    )
+    args = parser.parse_args()
+    reps = {"digits_w32": 5, "cifar_w32": 5, "cifar_full": 2}
+    if args.quick:
+        reps = {"digits_w32": 2, "cifar_w32": 2, "cifar_full": 1}
+    names = args.only or list(CONFIGS)
+
+    load_before = os.getloadavg()
+    baseline_before = matmul_gflops()
+    print(f"matmul 2048^3 float32: {baseline_before:.1f} GFLOP/s", flush=True)
+    results = {name: bench_config(name, CONFIGS[name], reps[name]) for name in names}
+    baseline_after = matmul_gflops()
+    print(f"matmul 2048^3 float32: {baseline_after:.1f} GFLOP/s", flush=True)
+    for r in results.values():
+        sample = r["sample"]
+        sample["fraction_of_matmul"] = sample["gflops"] / max(baseline_before, baseline_after)
+        if sample["target_sample_steps_per_s"]:
+            sample["fraction_of_target"] = (
+                sample["sample_steps_per_s"] / sample["target_sample_steps_per_s"]
+            )
+
+    record = {
+        "benchmark": "bench_network",
+        "flop_convention": FLOP_CONVENTION,
+        "matmul_baseline_gflops": {"before": baseline_before, "after": baseline_after},
+        "configs": results,
+        "environment": {
+            "jax": jax.__version__,
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "quick": args.quick,
+        },
+        "targets_note": (
+            "targets: a PyTorch (oneDNN) run on this machine, sample-steps/s for cifar_w32 "
+            "and cifar_full; at the 2x-forward convention they mean ~155 and ~210 GFLOP/s"
+        ),
+        "limits_note": LIMITS,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
