@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench_network.py
 
 # Re-lock after changing pyproject.toml's pins (needs a working .venv).
 lock: $(STAMP)
