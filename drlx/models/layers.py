@@ -38,12 +38,14 @@ def sinusoidal_embedding(t: Float[Array, " *B"], dim: int, max_period: float = 1
 
 
 # --- Channels-last convolution -------------------------------------------------------------------
-# Measured on the 2-core CPU this package targets (batch 64, 32x32x32 -> 32 and batch 16,
-# 32x32x128 -> 128, 3x3): one batched `conv_general_dilated` in NHWC/HWIO (XLA:CPU runs it with
-# Eigen) reached ~85-110 GFLOP/s, forward and input gradient alike, about half of a 2048^3
-# float32 matmul on the idle machine; NCHW/OIHW was 0-25% slower, Equinox's Conv2d under vmap
-# (XLA batches it into one NCHW convolution) likewise, im2col or 9 shifted matmuls 3-8x slower
-# and Winograd F(2x2, 3x3) 1.2-3x slower (XLA's skinny matmuls and data movement).
+# Measured on the 2-core CPU this package targets (3x3, batch 64 at 32x32x32 and batch 16 at
+# 32x32x128): one batched `conv_general_dilated` in NHWC/HWIO (XLA:CPU runs it with Eigen) was
+# the fastest option; NCHW/OIHW was 0-25% slower, Equinox's Conv2d under vmap (XLA batches it
+# into one NCHW convolution) likewise, im2col or 9 shifted matmuls 3-8x slower and Winograd
+# F(2x2, 3x3) 1.2-3x slower. Idle machine: ~180-195 GFLOP/s at 128-256 channels (a 2048^3
+# matmul: ~175-200), but 32-64-channel convolutions ran on one core (~90) unless XLA_FLAGS has
+# a YNN fusion type (--xla_cpu_experimental_ynn_fusion_type=dot: ~160); see
+# benchmarks/bench_network.py.
 
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
