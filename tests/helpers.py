@@ -8,6 +8,7 @@ from pathlib import Path
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+import yaml
 from jaxtyping import Array
 
 # A complete spec with no `extends` (every block spelled out), used to make broken variants.
@@ -131,4 +132,22 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+# ---- a tiny toy spec for tests that run training ----
+def tiny_toy_spec(path: Path, name: str, **blocks: dict) -> Path:
+    """Write a spec extending specs/bases/toy2d.yaml with a small two_moons set and a small MLP;
+    `blocks` (e.g. train={...}) are merged over those defaults block by block."""
+    root = Path(__file__).resolve().parents[1]
+    spec = {
+        "extends": str(root / "specs/bases/toy2d.yaml"),
+        "name": name,
+        "data": {"name": "two_moons", "num_train": 2000, "num_heldout": 300},
+        "model": {"width": 32, "depth": 2},
+        "runtime": {"progress": False},
+    }
+    for block, values in blocks.items():
+        spec[block] = {**spec.get(block, {}), **values}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_toy_spec
 
 from drlx.spec import load_spec
 from drlx.spec.build import build
@@ -20,21 +21,14 @@ from drlx.train.loop import NonFiniteLossError, train_loop
 from drlx.train.step import init_state
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = """\
-extends: {base}
-name: ckpt
-data: {{name: two_moons, num_train: 2000, num_heldout: 300}}
-model: {{width: 32, depth: 2}}
-sampler: {{num_steps: 5}}
-train: {{num_steps: {steps}, batch_size: 64, log_every: 10}}
-runtime: {{progress: false, checkpoint_every: 20}}
-"""
 
 
 def _write_spec(tmp: Path, steps: int) -> Path:
-    path = tmp / "ckpt.yaml"
-    path.write_text(SPEC.format(base=ROOT / "specs/bases/toy2d.yaml", steps=steps))
-    return path
+    return tiny_toy_spec(
+        tmp / "ckpt.yaml", "ckpt", sampler={"num_steps": 5},
+        train={"num_steps": steps, "batch_size": 64, "log_every": 10},
+        runtime={"checkpoint_every": 20},
+    )  # fmt: skip
 
 
 def _train_cmd(spec: Path, data: Path, out: Path) -> list[str]:

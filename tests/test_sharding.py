@@ -7,25 +7,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_toy_spec
 
 from drlx.sharding import make_mesh
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = """\
-extends: {base}
-name: shard
-data: {{name: two_moons, num_train: 600, num_heldout: 100}}
-model: {{width: 32, depth: 2}}
-sampler: {{num_steps: 8}}
-train: {{num_steps: 20, batch_size: 64, log_every: 5, warmup_steps: 5}}
-runtime: {{progress: false}}
-"""
 
 
 @pytest.mark.slow
 def test_one_and_four_devices_agree(tmp_path: Path):
-    spec = tmp_path / "shard.yaml"
-    spec.write_text(SPEC.format(base=ROOT / "specs/bases/toy2d.yaml"))
+    spec = tiny_toy_spec(
+        tmp_path / "shard.yaml", "shard", data={"num_train": 600, "num_heldout": 100},
+        sampler={"num_steps": 8},
+        train={"num_steps": 20, "batch_size": 64, "log_every": 5, "warmup_steps": 5},
+    )  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests/sharded_run.py"), str(spec)],
