@@ -10,8 +10,9 @@ and converts both to GFLOP/s from multiply-adds counted analytically from the co
 next to a same-process float32 matmul baseline. Writes benchmarks/results/network.json.
 
 Usage: python benchmarks/bench_network.py [--quick] [--only NAME ...] [--out PATH]
-Each measurement runs in a subprocess with RECOMMENDED_FLAGS added to XLA_FLAGS; the full run
-repeats it (quick repetitions) without them. Flags are recorded in the JSON.
+Each measurement runs in a subprocess with RECOMMENDED_FLAGS (what drlx sets on import, see
+drlx/_xla.py) added to XLA_FLAGS; the full run repeats it (quick repetitions) without them. Flags
+are recorded in the JSON.
 """
 
 import argparse
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from drlx._xla import CPU_FLAGS
 from drlx.models import ResNetEnergy
 from drlx.models.layers import conv2d
 
@@ -47,7 +49,7 @@ FLOP_CONVENTION = (
 # Any YNN fusion type makes XLA:CPU run the small (32/64-channel) convolutions on both cores:
 # without it they ran single-threaded (the same speed under `taskset -c 0`), with it at ~1.6x.
 # The HLO is unchanged (the convolutions stay Eigen; YNN only takes the level-embedding dots).
-RECOMMENDED_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot"
+RECOMMENDED_FLAGS = " ".join(CPU_FLAGS)  # what drlx sets on import
 FLAGS_NOTE = (
     "XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot (any YNN fusion type) lets XLA:CPU run "
     "the 32- and 64-channel convolutions on both cores; without it they run on one (same "
@@ -244,7 +246,8 @@ def in_subprocess(flags: str, names: list[str], quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         cmd = [sys.executable, __file__, "--worker", str(out), "--only", *names]
-        env = {**os.environ, "XLA_FLAGS": flags}
+        # exactly `flags`: the worker's `import drlx` must not add its defaults
+        env = {**os.environ, "XLA_FLAGS": flags, "DRLX_XLA_DEFAULTS": "0"}
         print(f"--- XLA_FLAGS={flags!r}", flush=True)
         subprocess.run(cmd + (["--quick"] if quick else []), env=env, check=True)
         return json.loads(out.read_text())
@@ -267,7 +270,8 @@ def main() -> None:
         args.worker.write_text(json.dumps(run_all(names, reps)))
         return
 
-    user_flags = os.environ.get("XLA_FLAGS", "")
+    # the user's own flags (importing drlx appended the recommended ones here)
+    user_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in CPU_FLAGS)
     runs = {
         "recommended": in_subprocess(f"{user_flags} {RECOMMENDED_FLAGS}".strip(), names, args.quick)
     }
