@@ -10,13 +10,13 @@ from jaxtyping import PRNGKeyArray
 from drlx.energy import ConditionalEBM
 from drlx.keys import per_example_normal
 from drlx.progress import progress_bar
+from drlx.samplers.base import Sampler
 from drlx.samplers.progressive import generate
-from drlx.samplers.ula import ULA
 from drlx.sharding import check_divisible, replicate, shard_batch
 
 
 @eqx.filter_jit
-def _chunk(ebm: ConditionalEBM, sampler: ULA, key: PRNGKeyArray, index: jax.Array, shape):
+def _chunk(ebm: ConditionalEBM, sampler: Sampler, key: PRNGKeyArray, index: jax.Array, shape):
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
     # levels 0..T-1 fold in their index (in generate); the top noise folds in T
     x_top = per_example_normal(keys, ebm.schedule.num_levels, jnp.zeros((len(index), *shape)))
@@ -25,7 +25,7 @@ def _chunk(ebm: ConditionalEBM, sampler: ULA, key: PRNGKeyArray, index: jax.Arra
 
 def sample_many(
     ebm: ConditionalEBM,
-    sampler: ULA,
+    sampler: Sampler,
     key: PRNGKeyArray,
     num: int,
     shape: tuple[int, ...],

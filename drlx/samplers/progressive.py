@@ -6,11 +6,16 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from drlx.energy import ConditionalEBM
 from drlx.keys import fold_each
-from drlx.samplers.ula import ULA, broadcast_to_example
+from drlx.samplers.base import Sampler
+from drlx.samplers.ula import broadcast_to_example
 
 
 def recover(
-    ebm: ConditionalEBM, sampler: ULA, x_next: Float[Array, " N *D"], t: Array, keys: PRNGKeyArray
+    ebm: ConditionalEBM,
+    sampler: Sampler,
+    x_next: Float[Array, " N *D"],
+    t: Array,
+    keys: PRNGKeyArray,
 ) -> Float[Array, " N *D"]:
     """Sample x_t ~ p(x_t | x_{t+1}): run the chain on y from y = x~, return x_t = y / a_{t+1}.
 
@@ -26,7 +31,7 @@ def recover(
 
 
 def generate(
-    ebm: ConditionalEBM, sampler: ULA, x_top: Float[Array, " N *D"], keys: PRNGKeyArray
+    ebm: ConditionalEBM, sampler: Sampler, x_top: Float[Array, " N *D"], keys: PRNGKeyArray
 ) -> tuple[Float[Array, " N *D"], Float[Array, " T N *D"]]:
     """Walk from x_T down to x_0 (REFERENCE section 4, generation).
 

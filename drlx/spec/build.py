@@ -3,6 +3,7 @@
 import math
 from dataclasses import dataclass
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,7 +18,7 @@ from drlx.diffusion import (
 from drlx.energy import ConditionalEBM
 from drlx.keys import named_key
 from drlx.models import MLPEnergy, ResNetEnergy
-from drlx.samplers import ULA
+from drlx.samplers import MALA, ULA, Sampler, Underdamped
 from drlx.spec import data as data_spec
 from drlx.spec import diffusion as diffusion_spec
 from drlx.spec import model as model_spec
@@ -93,11 +94,24 @@ def build_network(spec: model_spec.ModelSpec, shape: tuple[int, ...], key: PRNGK
     raise TypeError(f"no network for {spec!r}")
 
 
-def build_sampler(spec: sampler_spec.SamplerSpec, training: bool) -> ULA:
-    noise = spec.noise_scale_train if training else spec.noise_scale_eval
+def build_sampler(spec: sampler_spec.SamplerSpec, training: bool) -> Sampler:
     match spec:
         case sampler_spec.ULA():
+            noise = spec.noise_scale_train if training else spec.noise_scale_eval
             return ULA(spec.num_steps, noise)
+        case sampler_spec.MALA():
+            return MALA(spec.num_steps)
+        case sampler_spec.Underdamped():
+            noise = spec.noise_scale_train if training else spec.noise_scale_eval
+            match spec.solver:
+                case "align":
+                    solver = diffrax.ALIGN()
+                case "quicsort":
+                    solver = diffrax.QUICSORT()
+                case "should":
+                    solver = diffrax.ShOULD()
+            random_velocity = spec.initial_velocity == "stationary"
+            return Underdamped(spec.num_steps, spec.friction, noise, random_velocity, solver)
     raise TypeError(f"no sampler for {spec!r}")
 
 
@@ -131,8 +145,8 @@ class Experiment:
     step_sq: Array
     g_scale: Array
     weights: Array
-    train_sampler: ULA
-    eval_sampler: ULA
+    train_sampler: Sampler
+    eval_sampler: Sampler
     optimizer: optax.GradientTransformation
 
     def key(self, name: str) -> PRNGKeyArray:

@@ -7,17 +7,47 @@ from pydantic import Field, PositiveInt
 from drlx.spec.base import Block
 
 
-class ULA(Block):
-    """Unadjusted Langevin (the paper's): s_t^2 = b^2 c_t^2 sigma_{t+1}^2, K steps per level."""
+class _Chain(Block):
+    """What every sampler shares: K steps per level of size s_t^2 = b^2 c_t^2 sigma_{t+1}^2."""
 
-    kind: Literal["ula"]
     num_steps: PositiveInt = 30
     step_size_b2: float = Field(2e-4, gt=0, description="b^2 in s_t^2 = b^2 c_t^2 sigma_{t+1}^2")
     # drl: c_t^2 = sigmabar_t / sigmabar_0 (the paper's code); tether: c_t^2 = 1, so every level
     # takes the same fraction b^2 of its tether's variance per step.
     step_size_rule: Literal["drl", "tether"] = "drl"
+
+
+class ULA(_Chain):
+    """Unadjusted Langevin (the paper's): s_t^2 = b^2 c_t^2 sigma_{t+1}^2, K steps per level."""
+
+    kind: Literal["ula"]
     noise_scale_train: float = Field(1.0, ge=0)
     noise_scale_eval: float = Field(0.99, ge=0)
 
 
-SamplerSpec = Annotated[ULA, Field(discriminator="kind")]
+class MALA(_Chain):
+    """Metropolis-adjusted Langevin: ULA's proposal plus an accept/reject test, so each chain
+    leaves its conditional exactly invariant. No noise scale: the test corrects towards the
+    untempered target, so MALA is exact only with noise scale 1, which it always uses."""
+
+    kind: Literal["mala"]
+
+
+class Underdamped(_Chain):
+    """Underdamped (kinetic) Langevin through diffrax: one unit of SDE time per step, velocity
+    scale u = s_t^2 (so a fully refreshed leapfrog step is ULA's step), friction per step."""
+
+    kind: Literal["underdamped"]
+    # A step keeps exp(-friction) of the velocity. 2 moves like ULA in the overdamped limit;
+    # lower (down to critical damping, 2 s / sqrt(V) for a Gaussian of variance V) mixes faster.
+    friction: float = Field(1.0, gt=0)
+    # align: one gradient per step (as ULA); quicsort, should: third order, two per step
+    solver: Literal["align", "quicsort", "should"] = "align"
+    # stationary: v0 ~ N(0, u I), the velocity's stationary law; zero: v0 = 0.
+    initial_velocity: Literal["stationary", "zero"] = "stationary"
+    # n tempers the target to p^(1/n^2) (u -> n^2 u, f -> f / n^2); must be > 0.
+    noise_scale_train: float = Field(1.0, gt=0)
+    noise_scale_eval: float = Field(1.0, gt=0)
+
+
+SamplerSpec = Annotated[ULA | MALA | Underdamped, Field(discriminator="kind")]

@@ -12,7 +12,8 @@ from drlx.diffusion import q_sample_pair
 from drlx.energy import ConditionalEBM
 from drlx.keys import example_keys, fold_each
 from drlx.objective import recovery_likelihood_loss
-from drlx.samplers.ula import ULA, broadcast_to_example
+from drlx.samplers.base import Sampler
+from drlx.samplers.ula import broadcast_to_example
 
 
 class TrainState(eqx.Module):
@@ -46,7 +47,7 @@ def ema_update(ema: eqx.Module, network: eqx.Module, decay: float) -> eqx.Module
 
 
 def negatives(
-    ebm: ConditionalEBM, sampler: ULA, x_next: Array, t: Array, keys: PRNGKeyArray
+    ebm: ConditionalEBM, sampler: Sampler, x_next: Array, t: Array, keys: PRNGKeyArray
 ) -> Array:
     """y- : K Langevin steps on y started at the tether x~ = x_{t+1}."""
     return sampler(ebm.target(x_next, t), x_next, ebm.step_sq[t], keys)
@@ -54,7 +55,7 @@ def negatives(
 
 def make_train_step(
     make_ebm: Callable[[eqx.Module], ConditionalEBM],
-    sampler: ULA,
+    sampler: Sampler,
     optimizer: optax.GradientTransformation,
     weights: Float[Array, " T"],
     shared_noise: bool,
