@@ -160,11 +160,14 @@ def test_digits_shape_range_labels_and_split():
         "train": 1203,
         "heldout": 297,
         "heldout_b": 297,
+        "train_labels": 1203,
+        "heldout_labels": 297,
+        "heldout_b_labels": 297,
     }
     assert all(np.array_equal(a[k], b[k]) for k in a)  # fixed by the seed
     assert not np.array_equal(prepare_arrays(spec, seed=2)["heldout"], a["heldout"])
     # A partition: the splits together hold every image exactly once (as a multiset of rows).
-    union = np.concatenate(list(a.values())).reshape(1797, -1)
+    union = np.concatenate([a[k] for k in ("train", "heldout", "heldout_b")]).reshape(1797, -1)
     full = images.to_model_space(x).reshape(1797, -1)
     assert sorted(r.tobytes() for r in union) == sorted(r.tobytes() for r in full)
     assert a["train"].dtype == np.float32 and a["train"].min() == -1 and a["train"].max() == 1

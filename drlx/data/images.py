@@ -202,16 +202,21 @@ def load_npz(path: str | Path, key: str, shape: tuple[int, ...] | None = None) -
     return array
 
 
-def split_by_seed(images: np.ndarray, num_heldout: int, seed: int) -> dict[str, np.ndarray]:
+def split_by_seed(
+    images: np.ndarray, num_heldout: int, seed: int, labels: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """A random split, fixed by `seed`, into disjoint train / heldout / heldout_b sets.
 
     Arguments:
         images: uint8 or [-1, 1] images, examples along the first axis.
         num_heldout: examples in each of the two held-out sets.
         seed: the experiment seed.
+        labels: optional labels of the images, split the same way (the images' split does not
+            depend on them).
 
     Returns:
-        {"train", "heldout", "heldout_b"} float32 in [-1, 1], each in the original order.
+        {"train", "heldout", "heldout_b"} float32 in [-1, 1], each in the original order; with
+        labels also {"train_labels", "heldout_labels", "heldout_b_labels"} int64.
     """
     n = len(images)
     if 2 * num_heldout >= n:
@@ -225,7 +230,13 @@ def split_by_seed(images: np.ndarray, num_heldout: int, seed: int) -> dict[str, 
         "heldout_b": order[num_heldout : 2 * num_heldout],
         "train": order[2 * num_heldout :],
     }
-    return {name: to_model_space(images[np.sort(rows)]) for name, rows in parts.items()}
+    out = {name: to_model_space(images[np.sort(rows)]) for name, rows in parts.items()}
+    if labels is not None:
+        if len(labels) != n:
+            raise DatasetError(f"{len(labels)} labels for {n} images")
+        labels = np.asarray(labels, np.int64)
+        out |= {f"{name}_labels": labels[np.sort(rows)] for name, rows in parts.items()}
+    return out
 
 
 def cifar10_splits(path: str | Path) -> dict[str, np.ndarray]:

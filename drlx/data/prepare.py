@@ -24,7 +24,8 @@ def prepare_arrays(spec: data_spec.DataSpec, seed: int) -> dict[str, np.ndarray]
         seed: the experiment seed.
 
     Returns:
-        {"train", "heldout", "heldout_b"} arrays in the model's data space ([-1, 1] scale).
+        {"train", "heldout", "heldout_b"} arrays in the model's data space ([-1, 1] scale); for
+        digits also their class labels, "train_labels", "heldout_labels", "heldout_b_labels".
     """
     match spec:
         case data_spec.Toy2DData():
@@ -35,7 +36,8 @@ def prepare_arrays(spec: data_spec.DataSpec, seed: int) -> dict[str, np.ndarray]
             }
             return {s: sample_toy(spec.name, n, split_seed(seed, s)) for s, n in sizes.items()}
         case data_spec.DigitsData():
-            return images.split_by_seed(images.load_digits()[0], spec.num_heldout, seed)
+            pixels, labels = images.load_digits()  # labels for the digits feature extractor
+            return images.split_by_seed(pixels, spec.num_heldout, seed, labels=labels)
         case data_spec.Cifar10Data():
             return images.cifar10_splits(spec.path)
         case data_spec.ImageFolderData():
