@@ -1,0 +1,57 @@
+"""FID, Inception Score and KID of model samples against a data set's reference statistics
+(from stages/fid_reference.py, computed with the same Inception weights)."""
+
+from common import load_experiment, parser
+
+from drlx.evaluate.fid import inception_outputs, sample_metrics, to_uint8
+from drlx.evaluate.inception import file_sha256, load_inception, resolve_weights_path
+from drlx.io import read_arrays, write_json
+
+REFERENCE = ("mu", "sigma", "num_images", "kid_features", "weights_sha256")
+
+
+def main() -> None:
+    try:
+        run()
+    except (FileNotFoundError, KeyError, ValueError) as err:  # bad input: a message, no trace
+        raise SystemExit(f"error: {err}") from None
+
+
+def run() -> None:
+    p = parser(__doc__)
+    p.add_argument("--samples", required=True, help="samples from the sample stage (.npz)")
+    p.add_argument("--reference", required=True, help="statistics from the fid_reference stage")
+    p.add_argument("--metrics", required=True, help="output: FID, IS, KID (JSON)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per Inception pass")
+    args = p.parse_args()
+    exp = load_experiment(args.spec)
+    spec = exp.spec
+    weights = resolve_weights_path(spec.evaluate.inception_weights)
+    reference = read_arrays(args.reference, *REFERENCE)
+    sha = file_sha256(weights)
+    if str(reference["weights_sha256"]) != sha:
+        raise ValueError(
+            f"{args.reference}: computed with other Inception weights (sha256 "
+            f"{reference['weights_sha256']}) than {weights} ({sha}); re-run fid_reference"
+        )
+    samples = read_arrays(args.samples, "samples")["samples"]
+    if samples.ndim != 4 or samples.shape[-1] not in (1, 3):
+        raise ValueError(f"{args.samples}: 'samples' has shape {samples.shape}; FID needs images")
+    features, logits = inception_outputs(
+        load_inception(weights), to_uint8(samples), args.batch_size, spec.runtime.progress
+    )
+    metrics = sample_metrics(features, logits, reference)
+    write_json(
+        args.metrics,
+        {
+            "experiment": spec.name,
+            "spec_hash": spec.scientific_hash(),
+            **metrics,
+            "num_reference": int(reference["num_images"]),
+            "inception_weights_sha256": sha,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""FID reference statistics of a data set: Inception pool3 mean and covariance of the prepare
+stage's `train` split (the papers' protocol), a feature subset for KID, the weights' SHA-256."""
+
+from common import load_experiment, parser
+
+from drlx.evaluate.fid import inception_outputs, reference_statistics, to_uint8
+from drlx.evaluate.inception import file_sha256, load_inception, resolve_weights_path
+from drlx.io import read_arrays, write_arrays
+
+
+def main() -> None:
+    try:
+        run()
+    except (FileNotFoundError, KeyError, ValueError) as err:  # bad input: a message, no trace
+        raise SystemExit(f"error: {err}") from None
+
+
+def run() -> None:
+    p = parser(__doc__)
+    p.add_argument("--data", required=True, help=".npz from the prepare stage (its train split)")
+    p.add_argument("--out", required=True, help="output: reference statistics (.npz)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per Inception pass")
+    p.add_argument("--kid-features", type=int, default=5000, help="features kept for KID")
+    args = p.parse_args()
+    exp = load_experiment(args.spec)
+    spec = exp.spec
+    weights = resolve_weights_path(spec.evaluate.inception_weights)
+    train = read_arrays(args.data, "train")["train"]
+    if train.ndim != 4 or train.shape[-1] not in (1, 3):
+        raise ValueError(f"{args.data}: 'train' has shape {train.shape}; FID needs images")
+    features, _ = inception_outputs(
+        load_inception(weights), to_uint8(train), args.batch_size, spec.runtime.progress
+    )
+    stats = reference_statistics(features, args.kid_features, spec.seed)
+    write_arrays(args.out, **stats, weights_sha256=file_sha256(weights))
+
+
+if __name__ == "__main__":
+    main()
