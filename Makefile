@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench env lock clean-env
+.PHONY: run paper test lint bench env lock clean-env report
 
 # Create .venv from the lock (exact versions of every package), then install drlx itself.
 $(STAMP): requirements.lock pyproject.toml
@@ -20,9 +20,17 @@ env: $(STAMP)
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
 
+# The paper-scale experiments (datasets, Inception weights and accelerators needed; see README).
+paper: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro stages/paper/dvc.yaml
+
 # The test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# One page of every experiment's numbers with their audit status (after `make run`).
+report: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/drlx report
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -45,5 +45,80 @@ def schema(
         out.write_text(text)
 
 
+@app.command("convert-inception")
+def convert_inception(
+    src: Annotated[Path, typer.Argument(help="pt_inception-2015-12-05-6726825d.pth")],
+    dst: Annotated[Path, typer.Argument(help="output .safetensors")],
+) -> None:
+    """Convert the standard FID Inception weights (.pth, read tensor-only) to safetensors."""
+    from drlx.evaluate.inception import convert_inception_weights
+
+    try:
+        count = convert_inception_weights(src, dst)
+    except (ImportError, OSError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{dst}: {count} tensors")
+
+
+@app.command()
+def audit(
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="metrics files, each optionally PATH:key")
+    ] = None,
+    all_files: Annotated[
+        bool, typer.Option("--all", help="every metrics file declared in dvc.yaml")
+    ] = False,
+) -> None:
+    """Trace numbers to the stage, inputs, spec, data, code and environment that produced them;
+    verify every hash against dvc.lock and the ledger. Exit 1 if anything changed after the fact."""
+    from rich.console import Console
+
+    from drlx.audit import Auditor, find_root, render, split_target
+
+    if not targets and not all_files:
+        typer.echo("error: give metrics files (PATH[:key]) or --all", err=True)
+        raise typer.Exit(2)
+    try:
+        auditor = Auditor(find_root())
+        pairs = [split_target(t) for t in targets or []]
+        if all_files:
+            pairs += [(str(auditor.root / p), None) for p in auditor.metrics_files()]
+        results = [auditor.audit(path, key) for path, key in pairs]
+    except (OSError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    console = Console(highlight=False)
+    for result in results:
+        console.print(render(result))
+        for warning in result.warnings:
+            console.print(f"[yellow]warning[/yellow]: {warning}", soft_wrap=True)
+        for problem in result.problems:
+            console.print(f"[red]FAIL[/red]: {problem}", soft_wrap=True)
+    failed = [r.target for r in results if not r.ok]
+    summary = f"audit: {len(results) - len(failed)} of {len(results)} metrics files pass"
+    console.print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="folder for report.md and report.html")] = Path(
+        "reports"
+    ),
+) -> None:
+    """Write one Markdown and one self-contained HTML page: every experiment's numbers with
+    their audit status, the paper's numbers, sample grids and training curves."""
+    from drlx.audit import find_root
+    from drlx.report import build_report
+
+    try:
+        md, page = build_report(find_root(), out)
+    except (OSError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {md} and {page}")
+
+
 if __name__ == "__main__":
     app()

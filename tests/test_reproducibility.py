@@ -1,0 +1,154 @@
+"""The reproducibility gate (CI): a tiny pipeline in a fresh git repository, run twice from
+nothing, gives identical numbers; `drlx audit --all` passes; tampered copies fail it, naming the
+file (and the key)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner, Result
+
+from drlx.audit import Auditor
+from drlx.cli import app
+from drlx.ledger import md5_file
+from drlx.report import build_report
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("prepare", "train", "sample", "evaluate")
+
+TINY = """\
+extends: bases/toy2d.yaml
+name: tiny
+data: {name: two_moons, num_train: 1000, num_heldout: 200}
+model: {width: 16, depth: 2}
+sampler: {num_steps: 3}
+train: {num_steps: 20, batch_size: 32, log_every: 10}
+evaluate: {num_samples: 200, num_projections: 16, heatmap_resolution: 16}
+runtime: {progress: false}
+"""
+
+
+def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(cwd),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
+        "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
+    }  # fmt: skip
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _ok(cmd: list, cwd: Path) -> str:
+    done = _run(cmd, cwd)
+    assert done.returncode == 0, f"{cmd}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _audit(repo: Path, monkeypatch) -> Result:
+    """`drlx audit --all` in `repo` (in this process: no second start of JAX and DVC)."""
+    monkeypatch.chdir(repo)
+    return CliRunner().invoke(app, ["audit", "--all"])
+
+
+def _problems(repo: Path) -> list[str]:
+    return Auditor(repo).audit(str(repo / "runs/tiny/metrics.json")).problems
+
+
+@pytest.mark.slow
+def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeypatch):
+    repo = tmp_path / "repo"
+    for item in ("drlx", "stages"):
+        shutil.copytree(ROOT / item, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
+    for item in ("dvc.yaml", ".dvcignore", "requirements.lock", "specs/bases/toy2d.yaml"):
+        (repo / item).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / item, repo / item)
+    (repo / "specs/tiny.yaml").write_text(TINY)
+    (repo / "params.yaml").write_text("experiments:\n  tiny:\n    base: specs/bases/toy2d.yaml\n")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _ok(["git", "init", "-q"], repo)
+    _ok([dvc, "init", "-q"], repo)
+    _ok(["git", "add", "-A"], repo)
+    _ok(["git", "commit", "-qm", "code and specs"], repo)
+
+    # Two runs from nothing (outputs, checkpoints and cache removed; -f: no run-cache shortcut).
+    out = repo / "runs/tiny"
+    first = _ok([dvc, "repro"], repo)
+    assert all(f"Running stage '{s}@tiny'" in first for s in STAGES)
+    metrics = (out / "metrics.json").read_text()
+    model = md5_file(out / "model.eqx")
+    records = {s: json.loads((out / f"ledger/{s}.json").read_text()) for s in STAGES}
+    assert records["evaluate"]["metrics"]["runs/tiny/metrics.json"] == json.loads(metrics)
+    assert records["prepare"]["environment"]["git"]["dirty"] is False
+    shutil.rmtree(repo / "runs")
+    shutil.rmtree(repo / ".dvc/cache")
+    second = _ok([dvc, "repro", "-f"], repo)
+    assert all(f"Running stage '{s}@tiny'" in second for s in STAGES)
+    assert (out / "metrics.json").read_text() == metrics  # byte for byte
+    assert md5_file(out / "model.eqx") == model
+    for s in STAGES:  # same inputs and outputs recorded by both runs
+        again = json.loads((out / f"ledger/{s}.json").read_text())
+        for record in (again, records[s]):  # Orbax writes timestamps into its checkpoints
+            record["outs"].pop("runs/tiny/checkpoints", None)
+        assert (again["deps"], again["outs"]) == (records[s]["deps"], records[s]["outs"]), s
+
+    passed = _audit(repo, monkeypatch)
+    assert passed.exit_code == 0, passed.output
+    assert "1 of 1 metrics files pass" in passed.stdout
+    assert "stage prepare@tiny" in passed.stdout and "specs/bases/toy2d.yaml" in passed.stdout
+
+    md, page = build_report(repo, "reports")
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 3 and "sliced_wasserstein" in text
+    assert "| runs/tiny/metrics.json | mmd2 |" in md.read_text()
+    assert "not run here" in md.read_text() and "| fail |" not in md.read_text()
+
+    # Tamper with a copy: each change fails the audit and names what changed.
+    bad = tmp_path / "tampered"
+    shutil.copytree(repo, bad, symlinks=True)
+    metrics_file = bad / "runs/tiny/metrics.json"
+    values = json.loads(metrics)
+    metrics_file.write_text(
+        json.dumps({**values, "mmd2": values["mmd2"] * 0.5}, indent=2, sort_keys=True) + "\n"
+    )
+    failed = _audit(bad, monkeypatch)
+    assert failed.exit_code == 1
+    assert "runs/tiny/metrics.json: key 'mmd2'" in failed.stdout
+    assert "key 'sliced_wasserstein'" not in failed.stdout
+    metrics_file.write_text(metrics)
+    assert _problems(bad) == []
+
+    spec = bad / "specs/tiny.yaml"
+    spec.write_text(TINY.replace("num_steps: 20", "num_steps: 21"))
+    assert any(p.startswith("specs/tiny.yaml: train.num_steps was 20") for p in _problems(bad))
+    spec.write_text(TINY)
+
+    for name in ("data.npz", "model.eqx"):  # replaced by another valid file of the same kind
+        target = bad / "runs/tiny" / name
+        original = target.read_bytes()
+        target.unlink()  # DVC may have linked it to its cache
+        if name == "data.npz":
+            np.savez(target, train=np.zeros((1000, 2), np.float32))
+        else:
+            target.write_bytes(original[:-4] + b"\0\0\0\0")
+        assert any(p.startswith(f"runs/tiny/{name}: changed after the run") for p in _problems(bad))
+        target.write_bytes(original)
+    assert _problems(bad) == []
+
+    # Covering the tracks: the edited metric re-committed to dvc.lock, or the record edited too.
+    lock_text = (bad / "dvc.lock").read_text()
+    old_md5 = md5_file(metrics_file)
+    metrics_file.write_text(json.dumps({**values, "mmd2": values["mmd2"] + 1.0}))
+    (bad / "dvc.lock").write_text(lock_text.replace(old_md5, md5_file(metrics_file)))
+    assert any("dvc.lock changed without re-running" in p for p in _problems(bad))
+    (bad / "dvc.lock").write_text(lock_text)
+    record_file = bad / "runs/tiny/ledger/evaluate.json"
+    record = json.loads(record_file.read_text())
+    record["metrics"]["runs/tiny/metrics.json"] = json.loads(metrics_file.read_text())
+    record_file.write_text(json.dumps(record))
+    edited = "runs/tiny/ledger/evaluate.json: ledger record edited"
+    assert any(p.startswith(edited) for p in _problems(bad))
