@@ -211,9 +211,11 @@ def _alternatives(spec, path, value):
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, int):
-        return [value + 1, value - 1]
+        return [value + 1, value - 1, value * 2, value // 2]
     if isinstance(value, float):
         return [value * 0.5, value * 1.5]
+    if isinstance(value, list) and value:  # a tuple field: change one element, or drop one
+        return [[*value[:-1], a] for a in _alternatives(spec, path, value[-1])] + [value[:-1]]
     return []
 
 

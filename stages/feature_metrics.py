@@ -1,0 +1,43 @@
+"""Digits only: sample quality in the feature space of the digits classifier (features stage):
+Frechet distance, KID, precision/recall and class shares, each next to its held-out floor."""
+
+from common import load_experiment, parser
+
+from drlx.evaluate.digits_features import (
+    ARRAY_NAMES,
+    class_share_arrays,
+    classifier_from_arrays,
+    digits_metrics,
+)
+from drlx.evaluate.plots import class_shares_bars
+from drlx.io import read_arrays, write_json
+from drlx.spec.data import DigitsData
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--data", required=True, help=".npz from the prepare stage")
+    p.add_argument("--samples", required=True, help="samples from the sample stage")
+    p.add_argument("--features", required=True, help="extractor (.npz) from the features stage")
+    p.add_argument("--metrics", required=True, help="output: feature-space metrics (JSON)")
+    p.add_argument("--plot", required=True, help="output: class shares, samples vs held-out (PNG)")
+    args = p.parse_args()
+    exp = load_experiment(args.spec)
+    spec = exp.spec
+    if not isinstance(spec.data, DigitsData):
+        raise ValueError(
+            f"{args.spec}: data.kind is {spec.data.kind!r}; feature metrics are for digits specs"
+        )
+    data = read_arrays(args.data, "heldout", "heldout_b")
+    samples = read_arrays(args.samples, "samples")["samples"]
+    extractor = classifier_from_arrays(read_arrays(args.features, *ARRAY_NAMES), args.features)
+    metrics = digits_metrics(samples, data["heldout"], data["heldout_b"], extractor)
+    title = f"{spec.name}: class shares by the digits classifier"
+    class_shares_bars(args.plot, class_share_arrays(metrics), title)
+    write_json(
+        args.metrics, {"experiment": spec.name, "spec_hash": spec.scientific_hash(), **metrics}
+    )
+
+
+if __name__ == "__main__":
+    main()
