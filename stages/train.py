@@ -18,7 +18,7 @@ def main() -> None:
     args = p.parse_args()
     exp = load_experiment(args.spec)
     train = read_arrays(args.data, "train")["train"]
-    checkpointer = Checkpointer(args.checkpoints, exp.spec.scientific_hash())
+    checkpointer = Checkpointer(args.checkpoints, exp.spec.training_hash())
     state, history = fit(exp, train, checkpointer, progress=exp.spec.runtime.progress)
     save_model(args.model, state.ema)
     write_json(args.history, history)

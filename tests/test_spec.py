@@ -302,3 +302,20 @@ def test_cli_schema(tmp_path):
     result = runner.invoke(app, ["schema", "--out", str(out)])
     assert result.exit_code == 0
     assert json.loads(out.read_text()) == schema
+
+
+def test_training_hash_ignores_what_training_does_not_read(tmp_path):
+    spec = load_spec(write(tmp_path, "a.yaml", FULL_SPEC))
+    raw = spec.model_dump(mode="json")
+    for path, value in [
+        (("density", "num_chains"), 3),
+        (("evaluate", "num_samples"), 7),
+        (("runtime", "devices"), 1),
+    ]:
+        other = ExperimentSpec.model_validate(_set(raw, path, value))
+        assert other.scientific_hash() != spec.scientific_hash() or path[0] == "runtime"
+        assert other.training_hash() == spec.training_hash(), path
+    for path, value in [(("train", "num_steps"), 11), (("sampler", "num_steps"), 2), ("seed", 5)]:
+        path = path if isinstance(path, tuple) else (path,)
+        other = ExperimentSpec.model_validate(_set(raw, path, value))
+        assert other.training_hash() != spec.training_hash(), path

@@ -198,3 +198,98 @@ def log_density_histogram(path, values: dict[str, np.ndarray], title: str) -> No
     ax.legend()
     fig.suptitle(title)
     _save(fig, path)
+
+
+def long_run_figure(path, traces: dict[str, np.ndarray], title: str) -> None:
+    """Long-run chains (drlx.density.longrun): energy traces, quality vs horizon, samples.
+
+    Top row: per level, the mean and 5-95% / 25-75% bands over chains of the unnormalized
+    log p(y | x~) against the step. Middle: the SWD ratio to the held-out floor at each horizon,
+    and the same relative to the first horizon (K) with the drift threshold; the mean per-dimension
+    std of x_t against the step. Bottom: the chains' x_t at each horizon (rows: levels), over
+    the (noised) held-out reference for 2D points, as a 4x4 image grid for images.
+
+    Arguments:
+        path: output PNG path.
+        traces: the traces returned by drlx.density.longrun.long_run.
+        title: figure title.
+    """
+    steps, levels, horizons = traces["step"], traces["level"], traces["horizon"]
+    samples, reference = traces["samples"], traces["reference"]
+    n_lv, n_h = len(levels), len(horizons)
+    points = samples.ndim == 4 and samples.shape[-1] == 2
+    fig = Figure(figsize=(3.2 * max(n_lv, 3, n_h), 6.4 + 3.0 * n_lv), layout="constrained")
+    top, middle, bottom = fig.subfigures(3, 1, height_ratios=[1.0, 1.0, 1.1 * n_lv])
+    for j, ax in enumerate(np.atleast_1d(top.subplots(1, n_lv, squeeze=False)[0])):
+        q = traces["log_prob_quantiles"][:, j]
+        ax.fill_between(steps, q[:, 0], q[:, -1], alpha=0.2, color="C0", label="5-95%")
+        ax.fill_between(steps, q[:, 1], q[:, -2], alpha=0.35, color="C0", label="25-75%")
+        ax.plot(steps, traces["log_prob_mean"][:, j], color="C0", lw=1.5, label="mean")
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"level {levels[j]}: log p(y | x~)")
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax_q, ax_rel, ax_std = middle.subplots(1, 3)
+    swd = traces["swd_ratio"]
+    for j, lv in enumerate(levels):
+        ax_q.plot(horizons, swd[:, j], "o-", label=f"level {lv}")
+        ax_rel.plot(horizons, swd[:, j] / swd[0, j], "o-", label=f"level {lv}")
+        ax_std.plot(steps, traces["std"][:, j].mean(-1), label=f"level {lv}")
+    ax_q.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax_rel.axhline(float(traces["drift_ratio"]), color="C3", lw=1.0, ls="--", label="drift rule")
+    for ax, name in (
+        (ax_q, "SWD / held-out floor"),
+        (ax_rel, "SWD ratio / ratio at K"),
+        (ax_std, "mean per-dim std of x_t"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    grid = bottom.subplots(n_lv, n_h, squeeze=False)
+    for j, lv in enumerate(levels):
+        for i, h in enumerate(horizons):
+            ax = grid[j, i]
+            if points:
+                ref, x = reference[j], samples[i, j]
+                ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.25, color="0.5", linewidths=0)
+                ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color="C0", linewidths=0)
+                finite = x[np.all(np.isfinite(x), axis=-1)]
+                lim = max(_LIM, float(np.abs(ref).max()) * 1.05)
+                if len(finite):
+                    lim = max(lim, min(float(np.abs(finite).max()) * 1.05, 10 * lim))
+                ax.set_xlim(-lim, lim)
+                ax.set_ylim(-lim, lim)
+                ax.set_aspect("equal")
+                ax.set_title(f"level {lv}, step {h}", fontsize=9)
+            else:
+                _show(ax, _tile(samples[i, j, :16], 4), f"level {lv}, step {h}")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def class_shares_bars(path, shares: dict[str, np.ndarray], title: str) -> None:
+    """Grouped bars of the share of each class (e.g. digits 0-9) in several sets.
+
+    Arguments:
+        path: output PNG path.
+        shares: {set name: (C,) shares summing to 1}, one bar group per class.
+        title: figure title.
+    """
+    fig = Figure(figsize=(7.0, 3.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(shares), 1)
+    for i, (label, values) in enumerate(shares.items()):
+        values = np.asarray(values, dtype=np.float64)
+        x = np.arange(len(values)) + (i - (len(shares) - 1) / 2) * width
+        ax.bar(x, values, width=width, label=label)
+    n_classes = max(len(np.asarray(v)) for v in shares.values())
+    ax.axhline(1.0 / n_classes, color="k", lw=0.8, ls="--", label="uniform")
+    ax.set_xticks(np.arange(n_classes))
+    ax.set_xlabel("class (classifier's most probable)")
+    ax.set_ylabel("share")
+    ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)

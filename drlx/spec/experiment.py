@@ -37,5 +37,15 @@ class ExperimentSpec(Block):
 
     def scientific_hash(self) -> str:
         """SHA-256 of the canonical JSON of the scientific part (sorted keys, no spaces)."""
-        text = json.dumps(self.scientific_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _sha256(self.scientific_dict())
+
+    def training_hash(self) -> str:
+        """SHA-256 of what training depends on: the scientific part without the blocks read
+        only after training (density, evaluate). Names the checkpoint folder, so changing how a
+        trained model is evaluated does not retrain it."""
+        return _sha256(self.model_dump(mode="json", exclude={"runtime", "density", "evaluate"}))
+
+
+def _sha256(tree: dict) -> str:
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

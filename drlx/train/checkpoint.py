@@ -4,7 +4,8 @@ A checkpoint holds the train state's arrays (network, EMA, optimizer, spectral-n
 the data iterator's state, the loss history, the training key and a SHA-256 of the arrays. On
 restore the newest checkpoint that reads back whole (and matches its checksum) wins; a truncated
 or corrupt one is reported and skipped. Checkpoints of another spec live in another folder
-(named by the spec's scientific hash), so an edited spec never resumes a stale run.
+(named by the spec's training hash), so a spec edited in anything training reads never
+resumes a stale run.
 """
 
 import hashlib
