@@ -106,13 +106,16 @@ class Auditor:
         return self._md5[path]
 
     def metrics_files(self) -> list[str]:
-        """Every file declared under `metrics:` in dvc.yaml (as DVC resolves it)."""
+        """Every file declared under `metrics:` in the root dvc.yaml (as DVC resolves it); the
+        audit reads the root dvc.lock, so other pipelines (stages/paper) are not covered yet."""
         from dvc.repo import Repo
 
+        root_file = self.root / "dvc.yaml"
         with Repo(str(self.root)) as repo:
             return sorted(
                 Path(o.fs_path).resolve().relative_to(self.root).as_posix()
                 for stage in repo.index.stages
+                if Path(stage.dvcfile.path).resolve() == root_file
                 for o in stage.outs
                 if o.metric
             )

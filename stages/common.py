@@ -73,3 +73,12 @@ def load_experiment(spec_path: str) -> Experiment:
     if _run is not None:
         _run.spec = spec
     return build(spec)
+
+
+def run_reporting_bad_input(run) -> None:
+    """Call a stage's `run()`; a missing or malformed input (FileNotFoundError, KeyError,
+    ValueError) ends it with a one-line message instead of a traceback (no ledger record)."""
+    try:
+        run()
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None

@@ -1,20 +1,13 @@
 """FID, Inception Score and KID of model samples against a data set's reference statistics
 (from stages/fid_reference.py, computed with the same Inception weights)."""
 
-from common import load_experiment, parser
+from common import load_experiment, parser, run_reporting_bad_input
 
 from drlx.evaluate.fid import inception_outputs, sample_metrics, to_uint8
 from drlx.evaluate.inception import file_sha256, load_inception, resolve_weights_path
 from drlx.io import read_arrays, write_json
 
 REFERENCE = ("mu", "sigma", "num_images", "kid_features", "weights_sha256")
-
-
-def main() -> None:
-    try:
-        run()
-    except (FileNotFoundError, KeyError, ValueError) as err:  # bad input: a message, no trace
-        raise SystemExit(f"error: {err}") from None
 
 
 def run() -> None:
@@ -54,4 +47,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_bad_input(run)

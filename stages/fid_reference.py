@@ -1,18 +1,11 @@
 """FID reference statistics of a data set: Inception pool3 mean and covariance of the prepare
 stage's `train` split (the papers' protocol), a feature subset for KID, the weights' SHA-256."""
 
-from common import load_experiment, parser
+from common import load_experiment, parser, run_reporting_bad_input
 
 from drlx.evaluate.fid import inception_outputs, reference_statistics, to_uint8
 from drlx.evaluate.inception import file_sha256, load_inception, resolve_weights_path
 from drlx.io import read_arrays, write_arrays
-
-
-def main() -> None:
-    try:
-        run()
-    except (FileNotFoundError, KeyError, ValueError) as err:  # bad input: a message, no trace
-        raise SystemExit(f"error: {err}") from None
 
 
 def run() -> None:
@@ -36,4 +29,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_bad_input(run)

@@ -151,3 +151,14 @@ def tiny_toy_spec(path: Path, name: str, **blocks: dict) -> Path:
         spec[block] = {**spec.get(block, {}), **values}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+# The pipeline tests' experiment: every stage of dvc.yaml in seconds (density settings tiny too).
+TINY_DENSITY = (
+    "density: {num_heldout: 40, num_chains: 4, num_annealing_steps: 10, top_chains: 16,\n"
+    "  num_quadrature_checks: 12, quadrature_resolution: 32, check_chains: 4,\n"
+    "  check_annealing_steps: 10, long_run_steps: 200, long_run_thin: 50,\n"
+    "  long_run_horizons: [50], long_run_chains: 64}\n"
+)
+# params.yaml of a repository that runs only `tiny` (no digits: no feature stages)
+TINY_PARAMS = "experiments:\n  tiny:\n    base: specs/bases/toy2d.yaml\nfeature_experiments: {}\n"

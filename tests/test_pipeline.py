@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY_DENSITY, TINY_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ sampler: {num_steps: 5}
 train: {num_steps: 30, batch_size: 64, log_every: 10}
 evaluate: {num_samples: 300, num_projections: 32, heatmap_resolution: 24}
 runtime: {progress: false}
-"""
+""" + TINY_DENSITY
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -42,9 +43,7 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path: Path):
     (tmp_path / "specs" / "bases").mkdir(parents=True)
     shutil.copy(ROOT / "specs/bases/toy2d.yaml", tmp_path / "specs/bases/toy2d.yaml")
     (tmp_path / "specs/tiny.yaml").write_text(TINY)
-    (tmp_path / "params.yaml").write_text(
-        "experiments:\n  tiny:\n    base: specs/bases/toy2d.yaml\n"
-    )
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
     dvc = str(Path(sys.executable).parent / "dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
         assert _run(cmd, tmp_path).returncode == 0
@@ -52,7 +51,7 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path: Path):
     first = _run([dvc, "repro"], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     out = tmp_path / "runs" / "tiny"
-    for stage in ("prepare", "train", "sample", "evaluate"):
+    for stage in ("prepare", "train", "sample", "evaluate", "density"):
         assert f"Running stage '{stage}@tiny'" in first.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["sliced_wasserstein"] > 0 and metrics["sliced_wasserstein_floor"] > 0

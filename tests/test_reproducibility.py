@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_DENSITY, TINY_PARAMS
 from typer.testing import CliRunner, Result
 
 from drlx.audit import Auditor
@@ -18,7 +19,7 @@ from drlx.ledger import md5_file
 from drlx.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("prepare", "train", "sample", "evaluate")
+STAGES = ("prepare", "train", "sample", "evaluate", "density")
 
 TINY = """\
 extends: bases/toy2d.yaml
@@ -29,7 +30,7 @@ sampler: {num_steps: 3}
 train: {num_steps: 20, batch_size: 32, log_every: 10}
 evaluate: {num_samples: 200, num_projections: 16, heatmap_resolution: 16}
 runtime: {progress: false}
-"""
+""" + TINY_DENSITY
 
 
 def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
@@ -68,7 +69,7 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
         (repo / item).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / item, repo / item)
     (repo / "specs/tiny.yaml").write_text(TINY)
-    (repo / "params.yaml").write_text("experiments:\n  tiny:\n    base: specs/bases/toy2d.yaml\n")
+    (repo / "params.yaml").write_text(TINY_PARAMS)
     dvc = str(Path(sys.executable).parent / "dvc")
     _ok(["git", "init", "-q"], repo)
     _ok([dvc, "init", "-q"], repo)
@@ -98,12 +99,14 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
 
     passed = _audit(repo, monkeypatch)
     assert passed.exit_code == 0, passed.output
-    assert "1 of 1 metrics files pass" in passed.stdout
+    assert "2 of 2 metrics files pass" in passed.stdout
     assert "stage prepare@tiny" in passed.stdout and "specs/bases/toy2d.yaml" in passed.stdout
 
     md, page = build_report(repo, "reports")
     text = page.read_text()
-    assert text.count("data:image/png;base64,") == 3 and "sliced_wasserstein" in text
+    pngs = sorted(p.name for p in (repo / "runs/tiny").glob("*.png"))
+    assert len(pngs) == 5 and text.count("data:image/png;base64,") == len(pngs)
+    assert "sliced_wasserstein" in text
     assert "| runs/tiny/metrics.json | mmd2 |" in md.read_text()
     assert "not run here" in md.read_text() and "| fail |" not in md.read_text()
 

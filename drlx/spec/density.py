@@ -21,15 +21,15 @@ class Density(Block):
     base_proposals: bool = False  # on trained toys: 2.6x the cost for less than its worth
     target_acceptance: float = Field(0.65, gt=0, lt=1)
     top_chains: PositiveInt = 1024
-    num_heldout: PositiveInt = 250
-    num_quadrature_checks: PositiveInt = 120
+    num_heldout: PositiveInt = 200
+    num_quadrature_checks: PositiveInt = 102  # 17 per level of T6
     quadrature_resolution: PositiveInt = Field(192, ge=16)
     check_chains: PositiveInt = 128
     check_annealing_steps: PositiveInt = 800
     # long-run chains (drlx.density.longrun): each level's chain continued from its generated
     # sample with the tether fixed, traces recorded every long_run_thin steps
     long_run_steps: PositiveInt = 10_000
-    long_run_chains: PositiveInt = Field(1024, description="chains per level run long")
+    long_run_chains: PositiveInt = Field(768, description="chains per level run long")
     long_run_levels: tuple[NonNegativeInt, ...] = Field((0,), description="levels run long")
     long_run_thin: PositiveInt = Field(100, description="steps between recorded trace points")
     long_run_horizons: tuple[PositiveInt, ...] = Field(
