@@ -30,6 +30,22 @@ PAPER = (
     ("CDRL + guidance (w = 0.7)", "ImageNet 32x32", "FID", "fid", 6.18, None),
 )
 NOT_METRICS = ("train_loss.json",)  # JSON outputs that are histories, not numbers
+# The numbers a reader looks for first: (file name, key, what it is); shown when present.
+HEADLINE = (
+    ("metrics.json", "sliced_wasserstein_ratio", "sliced Wasserstein / held-out floor"),
+    ("metrics.json", "mmd2", "MMD² against held-out data"),
+    ("metrics.json", "mmd2_floor", "MMD² of held-out data (floor)"),
+    ("density_metrics.json", "heldout_nll_nats.model_bound", "held-out NLL, model bound (nats)"),
+    ("density_metrics.json", "heldout_true_nll_nats.mean", "held-out NLL, true density (nats)"),
+    ("density_metrics.json", "bits_per_dim.mean", "held-out bits/dim (bound)"),
+    ("density_metrics.json", "bits_per_dim.se", "its standard error"),
+    ("density_metrics.json", "ais_vs_quadrature.mae_nats", "AIS vs quadrature, MAE (nats)"),
+    ("density_metrics.json", "long_run.verdict", "long-run chains (10k steps)"),
+    ("feature_metrics.json", "fd_digits_features_ratio", "Frechet distance / floor (features)"),
+    ("feature_metrics.json", "classifier_confidence_samples", "classifier confidence on samples"),
+    ("fid.json", "fid", "FID"),
+    ("fid.json", "inception_score", "Inception score"),
+)
 
 
 @dataclass
@@ -131,13 +147,25 @@ def build_report(root: str | Path = ".", out: str | Path = "reports") -> tuple[P
     md += ["## Paper results (REFERENCE.md section 8)", "", *_md_table(head, rows), ""]
     body += ["<h2>Paper results (REFERENCE.md section 8)</h2>", _html_table(head, rows)]
 
+    rows = [
+        (name, what, _fmt(n.value), n.status)
+        for name in names
+        for file, key, what in HEADLINE
+        for n in numbers[name]
+        if n.key == key and n.file.endswith("/" + file)
+    ]
+    head = ("experiment", "number", "value", "audit")
+    md += ["## Headline numbers", "", *_md_table(head, rows), ""]
+    body += ["<h2>Headline numbers</h2>", _html_table(head, rows)]
+
     for name in names:
         md += [f"## {name}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")
         rows = [(n.file, n.key, _fmt(n.value), n.status) for n in numbers[name]]
         if rows:
             md += [*_md_table(("file", "key", "value", "audit"), rows), ""]
-            body.append(_html_table(("file", "key", "value", "audit"), rows))
+            table = _html_table(("file", "key", "value", "audit"), rows)
+            body.append(f"<details><summary>all {len(rows)} numbers</summary>{table}</details>")
         else:
             md += ["No metrics yet (run `dvc repro`).", ""]
             body.append("<p>No metrics yet (run <code>dvc repro</code>).</p>")
