@@ -179,7 +179,14 @@ def git_info(root: str | Path) -> dict:
         return {"commit": "unknown", "dirty": "unknown", "modified": []}
     modified = [line[3:].split(" -> ")[-1].removeprefix(prefix) for line in lines]
     outputs = pipeline_outputs(root)
-    code = [m for m in modified if not any(m == o or m.startswith(o + "/") for o in outputs)]
+    def managed(m: str) -> bool:  # an output, or the .gitignore DVC keeps next to outputs
+        folder = m.removesuffix(".gitignore") if m.endswith("/.gitignore") else None
+        return any(
+            m == o or m.startswith(o + "/") or (folder is not None and o.startswith(folder))
+            for o in outputs
+        )
+
+    code = [m for m in modified if not managed(m)]
     return {"commit": commit, "dirty": bool(code), "modified": modified[:50]}
 
 

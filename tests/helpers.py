@@ -157,7 +157,8 @@ def tiny_toy_spec(path: Path, name: str, **blocks: dict) -> Path:
 TINY_DENSITY = (
     "density: {num_heldout: 40, num_chains: 4, num_annealing_steps: 10, top_chains: 16,\n"
     "  num_quadrature_checks: 12, quadrature_resolution: 32, check_chains: 4,\n"
-    "  check_annealing_steps: 10, long_run_steps: 200, long_run_thin: 50,\n"
+    "  check_annealing_steps: 10, check_chains_level_0: 4, check_annealing_steps_level_0: 10,\n"
+    "  long_run_steps: 200, long_run_thin: 50,\n"
     "  long_run_horizons: [50], long_run_chains: 64}\n"
 )
 # params.yaml of a repository that runs only `tiny` (no digits: no feature stages)
