@@ -27,7 +27,7 @@ class Density(Block):
     num_quadrature_checks: PositiveInt = 102  # 17 per level of T6
     quadrature_resolution: PositiveInt = Field(192, ge=16)
     check_chains: PositiveInt = 128
-    check_annealing_steps: PositiveInt = 800
+    check_annealing_steps: PositiveInt = 600
     check_chains_level_0: PositiveInt = 384
     check_annealing_steps_level_0: PositiveInt = 800
     # long-run chains (drlx.density.longrun): each level's chain continued from its generated
