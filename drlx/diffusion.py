@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from drlx.batch import broadcast_to_example
 from drlx.keys import per_example_normal
 
 
@@ -101,8 +102,6 @@ def cosine_logsnr_schedule(num_levels: int, logsnr_min: float, logsnr_max: float
     return _from_contractions(np.concatenate([abar[:1], abar[1:] / abar[:-1]]))
 
 
-def _bcast(v: Float[Array, " N"], x: Array) -> Array:
-    return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
 def q_sample_pair(
@@ -125,11 +124,14 @@ def q_sample_pair(
     Returns:
         x_t and x_{t+1}, each shaped like x0.
     """
+    def rows(v):
+        return broadcast_to_example(v, x0)
+
     eps = per_example_normal(keys, 0, x0)
-    x_t = _bcast(schedule.abar[t], x0) * x0 + _bcast(schedule.sigmabar[t], x0) * eps
+    x_t = rows(schedule.abar[t]) * x0 + rows(schedule.sigmabar[t]) * eps
     if shared_noise:
-        x_next = _bcast(schedule.abar[t + 1], x0) * x0 + _bcast(schedule.sigmabar[t + 1], x0) * eps
+        x_next = rows(schedule.abar[t + 1]) * x0 + rows(schedule.sigmabar[t + 1]) * eps
     else:
         eps2 = per_example_normal(keys, 1, x0)
-        x_next = _bcast(schedule.a[t + 1], x0) * x_t + _bcast(schedule.sigma[t + 1], x0) * eps2
+        x_next = rows(schedule.a[t + 1]) * x_t + rows(schedule.sigma[t + 1]) * eps2
     return x_t, x_next

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from drlx.batch import sum_squares
 from drlx.diffusion import Schedule
 
 EnergyNetwork = Callable[[Array, Array], Array]
@@ -25,8 +26,6 @@ EnergyNetwork = Callable[[Array, Array], Array]
 a chain computes what depends on the level once, not at every step."""
 
 
-def _sum_sq(v: Array) -> Array:
-    return jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=-1)
 
 
 class ConditionalEBM(eqx.Module):
@@ -45,7 +44,7 @@ class ConditionalEBM(eqx.Module):
 
     def _log_prob(self, y, x_tilde, t, context):
         sigma = self.schedule.sigma[t + 1]
-        tether = self.schedule.tethered[t + 1] * _sum_sq(y - x_tilde) / (2.0 * sigma**2)
+        tether = self.schedule.tethered[t + 1] * sum_squares(y - x_tilde) / (2.0 * sigma**2)
         return self.network.energy(y, context) / self.g_scale[t] - tether
 
     def target(

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from drlx.batch import broadcast_to_example, sum_squares
+
 Target = Callable[[Array], tuple[Array, Array]]  # y (M, *D) -> (log pi_1 (M,), grad (M, *D))
 
 _ADAPT_RATE = 0.5  # log step-size change per unit of (acceptance - target)
@@ -57,19 +59,13 @@ class AISResult(NamedTuple):
     log_w: Float[Array, " N C"]
 
 
-def _rows(v: Array, like: Array) -> Array:
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _sum_sq(v: Array) -> Array:
-    return jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=-1)
 
 
 def gaussian_log_density(y: Array, mean: Array, std: Array) -> Array:
     """log N(y; mean, std^2 I) per example; mean shaped like y, std per example (B,)."""
     d = y[0].size
     return (
-        -0.5 * _sum_sq((y - mean) / _rows(std, y))
+        -0.5 * sum_squares((y - mean) / broadcast_to_example(std, y))
         - d * jnp.log(std)
         - 0.5 * d * jnp.log(2 * jnp.pi)
     )
@@ -130,7 +126,7 @@ def _anneal(target, base_mean, base_std, keys, settings):
     dim = base_mean[0].size
     mean = jnp.repeat(base_mean, c, axis=0)
     std = jnp.repeat(base_std, c)
-    std_rows = _rows(std, mean)
+    std_rows = broadcast_to_example(std, mean)
     normal = lambda k: jax.random.normal(k, (c, *shape))  # noqa: E731
     uniform = lambda k: jax.random.uniform(k, (c,))  # noqa: E731
 
@@ -148,7 +144,7 @@ def _anneal(target, base_mean, base_std, keys, settings):
     def kernel(state, beta, tags):
         """One MALA step on pi_beta, carrying log pi_1 and its gradient."""
         y, value, grad, log_step = state
-        s = _rows(jnp.repeat(jnp.exp(log_step), c), y)
+        s = broadcast_to_example(jnp.repeat(jnp.exp(log_step), c), y)
         lb, gb = base(y)
         lp, gp = (1 - beta) * lb + beta * value, (1 - beta) * gb + beta * grad
         eps = flat(_draw(keys, (*tags, 0), normal))
@@ -158,10 +154,10 @@ def _anneal(target, base_mean, base_std, keys, settings):
         lp_p, gp_p = (1 - beta) * lb_p + beta * value_p, (1 - beta) * gb_p + beta * grad_p
         # log q(y | y') - log q(y' | y), written with eps to avoid cancellation in y - y'
         back = eps + 0.5 * s * (gp + gp_p)
-        log_alpha = lp_p - lp + 0.5 * (_sum_sq(eps) - _sum_sq(back))
+        log_alpha = lp_p - lp + 0.5 * (sum_squares(eps) - sum_squares(back))
         log_u = jnp.log(_draw(keys, (*tags, 1), uniform)).reshape(n * c)
         accept = log_u < log_alpha  # False for NaN
-        keep = _rows(accept, y)
+        keep = broadcast_to_example(accept, y)
         rate = jnp.mean(accept.reshape(n, c).astype(jnp.float32), axis=1)
         new = (
             jnp.where(keep, prop, y),
@@ -183,7 +179,7 @@ def _anneal(target, base_mean, base_std, keys, settings):
         value_z, grad_z = target(z)
         log_alpha = beta * (value_z - base(z)[0] - value + base(y)[0])
         accept = jnp.log(_draw(keys, (*tags, 3), uniform)).reshape(n * c) < log_alpha
-        keep = _rows(accept, y)
+        keep = broadcast_to_example(accept, y)
         return (
             jnp.where(keep, z, y),
             jnp.where(accept, value_z, value),

@@ -21,7 +21,6 @@ Weights come from a safetensors file with the exact tensor names and shapes of t
 the .pth. The table of names and shapes (`inception_layout`) is read off the module structure.
 """
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -30,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+
+from drlx.ledger import sha256_file
 
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
@@ -528,13 +529,8 @@ def load_inception(path: str | os.PathLike) -> InceptionV3:
     return inception_from_state_dict(tensors, str(path))
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (identifies the weights the statistics were computed with)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# SHA-256 of a file's bytes (identifies the weights the statistics were computed with)
+file_sha256 = sha256_file
 
 
 def synthetic_state_dict(seed: int = 0) -> dict[str, np.ndarray]:

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from drlx.batch import broadcast_to_example, sum_squares
 from drlx.keys import fold_each, per_example_normal
-from drlx.samplers.ula import Target, broadcast_to_example
+from drlx.samplers.ula import Target
 
 
 def target_from_log_prob(log_prob: Callable[[Array], Array]) -> Target:
@@ -33,8 +34,6 @@ def target_from_log_prob(log_prob: Callable[[Array], Array]) -> Target:
     return value_and_grad
 
 
-def _sum_sq(v: Array) -> Array:
-    return jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=-1)
 
 
 def mala_step(
@@ -70,7 +69,7 @@ def mala_step(
     proposal = y + 0.5 * s**2 * grad + s * noise
     value_p, grad_p = target(proposal)
     back = noise + 0.5 * s * (grad + grad_p)
-    log_alpha = value_p - value + 0.5 * (_sum_sq(noise) - _sum_sq(back))
+    log_alpha = value_p - value + 0.5 * (sum_squares(noise) - sum_squares(back))
     accept = log_uniform < log_alpha  # False for NaN
     keep = broadcast_to_example(accept, y)
     return (

@@ -7,15 +7,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from drlx.batch import broadcast_to_example
 from drlx.keys import per_example_normal
 
 # target(y) -> (log p(y) per example, grad_y log p(y))
 Target = Callable[[Array], tuple[Array, Array]]
 
 
-def broadcast_to_example(v: Float[Array, " N"], like: Array) -> Array:
-    """Reshape per-example scalars to broadcast against a batch shaped like `like`."""
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 class ULA(eqx.Module):
