@@ -35,8 +35,16 @@ report: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_network.py
+# The network benchmark, next to the same network in PyTorch's CPU build (oneDNN), run by the
+# same script on the same machine: .venv-torch holds torch (the CPU wheel) and numpy only.
+TORCH_VENV := .venv-torch
+$(TORCH_VENV)/.installed:
+	@test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy==2.4.6
+	@touch $@
+
+bench: $(STAMP) $(TORCH_VENV)/.installed
+	DRLX_BENCH_TORCH_PYTHON=$(TORCH_VENV)/bin/python $(BIN)/python benchmarks/bench_network.py
 
 # Re-lock after changing pyproject.toml's pins (needs a working .venv).
 lock: $(STAMP)

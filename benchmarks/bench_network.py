@@ -163,7 +163,26 @@ def train_grads(net, y_pos, y_neg, t):
     return eqx.filter_value_and_grad(loss)(net)
 
 
-def bench_config(name: str, cfg: dict, reps: int) -> dict:
+def export_for_torch(path: Path, net: ResNetEnergy, y, y_neg, t) -> None:
+    """The network as fixed arrays (normalized HWIO kernels, per-block level biases, read-out
+    vector), a batch and g on it, for benchmarks/bench_torch.py to rebuild and check."""
+    *biases, read = net.embed(t)
+    arrays = {"y": y, "y_neg": y_neg, "g": net(y, t), "read": read}
+    arrays["conv_in.w"], arrays["conv_in.b"] = net.conv_in.normalized_weight(), net.conv_in.bias
+    biases = iter(biases)
+    for s, stage in enumerate(net.stages):
+        for b, block in enumerate(stage):
+            p = f"s{s}.b{b}."
+            for key in ("conv1", "conv2", "shortcut"):
+                layer = getattr(block, key)
+                if layer is not None:
+                    arrays[p + key + ".w"] = layer.normalized_weight()
+                    arrays[p + key + ".b"] = layer.bias
+            arrays[p + "level_bias"] = next(biases)
+    np.savez(path, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+
+
+def bench_config(name: str, cfg: dict, reps: int, export: Path | None = None) -> dict:
     h, w, c = cfg["shape"]
     n = cfg["batch"]
     net = ResNetEnergy(c, cfg["width"], cfg["blocks"], cfg["mults"], 128, True, jax.random.key(0))
@@ -179,6 +198,8 @@ def bench_config(name: str, cfg: dict, reps: int) -> dict:
     t = jnp.asarray(rng.integers(0, 6, n), jnp.int32)
     macs = forward_macs(net, cfg["shape"])
     fwd_flops = 2 * macs["total"]
+    if export is not None:
+        export_for_torch(export / f"{name}.npz", net, y, y_neg, t)
 
     sample = timed(chain, net, y, t, jnp.float32(1e-4), jax.random.key(2), reps=reps)
     steps_per_s = n * CHAIN_STEPS / sample["min_s"]
@@ -218,12 +239,12 @@ def bench_config(name: str, cfg: dict, reps: int) -> dict:
     return result
 
 
-def run_all(names: list[str], reps: dict[str, int]) -> dict:
+def run_all(names: list[str], reps: dict[str, int], export: Path | None = None) -> dict:
     """Every configuration in this process, between two matmul baselines."""
     load_before = os.getloadavg()
     baseline_before = matmul_gflops()
     print(f"matmul 2048^3 float32: {baseline_before:.1f} GFLOP/s", flush=True)
-    results = {name: bench_config(name, CONFIGS[name], reps[name]) for name in names}
+    results = {name: bench_config(name, CONFIGS[name], reps[name], export) for name in names}
     baseline_after = matmul_gflops()
     print(f"matmul 2048^3 float32: {baseline_after:.1f} GFLOP/s", flush=True)
     for r in results.values():
@@ -241,16 +262,49 @@ def run_all(names: list[str], reps: dict[str, int]) -> dict:
     }
 
 
-def in_subprocess(flags: str, names: list[str], quick: bool) -> dict:
+def in_subprocess(flags: str, names: list[str], quick: bool, export: Path | None = None) -> dict:
     """run_all in a fresh process whose XLA_FLAGS are `flags` (read once, at backend start)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         cmd = [sys.executable, __file__, "--worker", str(out), "--only", *names]
+        cmd += ["--quick"] if quick else []
+        cmd += ["--export", str(export)] if export is not None else []
         # exactly `flags`: the worker's `import drlx` must not add its defaults
         env = {**os.environ, "XLA_FLAGS": flags, "DRLX_XLA_DEFAULTS": "0"}
         print(f"--- XLA_FLAGS={flags!r}", flush=True)
-        subprocess.run(cmd + (["--quick"] if quick else []), env=env, check=True)
+        subprocess.run(cmd, env=env, check=True)
         return json.loads(out.read_text())
+
+
+def torch_baseline(python: Path, export: Path, reps: dict[str, int]) -> dict:
+    """benchmarks/bench_torch.py on the exported networks, in `python` (one with torch)."""
+    names = [p.stem for p in export.glob("*.npz")]
+    (export / "reps.json").write_text(json.dumps({n: reps[n] for n in names}))
+    out = export / "torch.json"
+    print(f"--- PyTorch baseline ({python})", flush=True)
+    script = Path(__file__).with_name("bench_torch.py")
+    subprocess.run([str(python), str(script), str(export), str(out)], check=True)
+    return json.loads(out.read_text())
+
+
+def compare(jax_run: dict, torch_run: dict) -> dict:
+    """drlx / PyTorch throughput ratios per configuration (same machine, same script)."""
+    ratios = {}
+    for name, t in torch_run["configs"].items():
+        j = jax_run["configs"][name]
+        ratios[name] = {
+            "sample_steps_per_s": {"drlx": j["sample"]["sample_steps_per_s"],
+                                   "torch": t["sample"]["sample_steps_per_s"]},
+            "sample_ratio": j["sample"]["sample_steps_per_s"] / t["sample"]["sample_steps_per_s"],
+            "train_ratio": j["train"]["examples_per_s"] / t["train"]["examples_per_s"],
+            "g_max_rel_diff": t["g_max_rel_diff_vs_jax"],
+        }  # fmt: skip
+        print(
+            f"{name:11s} drlx / torch: sample {ratios[name]['sample_ratio']:.2f}x, "
+            f"train {ratios[name]['train_ratio']:.2f}x",
+            flush=True,
+        )
+    return ratios
 
 
 def main() -> None:
@@ -260,21 +314,34 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "network.json"
     )
+    parser.add_argument(
+        "--torch-python",
+        type=Path,
+        default=Path(os.environ.get("DRLX_BENCH_TORCH_PYTHON", ".venv-torch/bin/python")),
+        help="a Python with torch, for the same-script PyTorch baseline (skipped if missing)",
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     reps = {"digits_w32": 5, "cifar_w32": 5, "cifar_full": 2}
     if args.quick:
         reps = {"digits_w32": 2, "cifar_w32": 2, "cifar_full": 1}
     names = args.only or list(CONFIGS)
     if args.worker:
-        args.worker.write_text(json.dumps(run_all(names, reps)))
+        args.worker.write_text(json.dumps(run_all(names, reps, args.export)))
         return
 
     # the user's own flags (importing drlx appended the recommended ones here)
     user_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in CPU_FLAGS)
-    runs = {
-        "recommended": in_subprocess(f"{user_flags} {RECOMMENDED_FLAGS}".strip(), names, args.quick)
-    }
+    flags = f"{user_flags} {RECOMMENDED_FLAGS}".strip()
+    with tempfile.TemporaryDirectory() as export:
+        export = Path(export) if args.torch_python.exists() else None
+        runs = {"recommended": in_subprocess(flags, names, args.quick, export)}
+        if export is None:
+            print(f"no PyTorch baseline: {args.torch_python} not found (see `make bench`)")
+        else:
+            runs["torch"] = torch_baseline(args.torch_python, export, reps)
+            runs["drlx_over_torch"] = compare(runs["recommended"], runs["torch"])
     if not args.quick:  # the same without the recommended flag, to show what it buys
         runs["without_recommended_flags"] = in_subprocess(user_flags, names, quick=True)
     record = {

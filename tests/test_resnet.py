@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from drlx.models import MLPEnergy, ResNetEnergy
-from drlx.models.layers import Conv2d, Dense, spectral_norm_estimate, weight_matrix
+from drlx.models.layers import Conv2d, Dense, conv2d, spectral_norm_estimate, weight_matrix
 from drlx.models.resnet import ResidualBlock
 from drlx.spec.build import build_network
 from drlx.spec.model import ResNetEnergy as ResNetSpec
@@ -162,3 +162,38 @@ def test_build_from_spec_and_mlp_interface(key):
     # MLPEnergy has no spectral norm: power_iteration is the identity
     sentinel = object()
     assert MLPEnergy.power_iteration(sentinel) is sentinel
+
+
+def numpy_conv_same(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Independent float64 'SAME' cross-correlation, NHWC x HWIO, by explicit shifts."""
+    kh, kw = w.shape[:2]
+    n, h, wd, _ = x.shape
+    xp = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    out = np.zeros((n, h, wd, w.shape[-1]))
+    for r in range(kh):
+        for c in range(kw):
+            out += np.einsum("nhwi,io->nhwo", xp[:, r : r + h, c : c + wd], w[r, c])
+    return out
+
+
+@pytest.mark.parametrize("in_channels", [1, 3, 16], ids=lambda c: f"in{c}")
+def test_conv2d_matches_numpy_with_gradients(in_channels):
+    """conv2d (XLA's convolution with a hand-written VJP) against an independent computation:
+    the value, and the input and kernel gradients of <conv(x, w), r>, which are the
+    correlation of r with the flipped kernel and the correlation of x with r."""
+    x, w, r = (
+        normal(0, (2, 6, 8, in_channels)),
+        normal(1, (3, 3, in_channels, 5)),
+        normal(2, (2, 6, 8, 5)),
+    )
+    x64, w64, r64 = (np.asarray(a, np.float64) for a in (x, w, r))
+    np.testing.assert_allclose(conv2d(x, w), numpy_conv_same(x64, w64), rtol=1e-5, atol=1e-5)
+    dx, dw = jax.grad(lambda x_, w_: jnp.sum(conv2d(x_, w_) * r), argnums=(0, 1))(x, w)
+    flipped = np.swapaxes(w64[::-1, ::-1], 2, 3)
+    np.testing.assert_allclose(dx, numpy_conv_same(r64, flipped), rtol=1e-5, atol=1e-4)
+    xp = np.pad(x64, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dw_expected = np.stack([
+        np.stack([np.einsum("nhwi,nhwo->io", xp[:, a : a + 6, b : b + 8], r64) for b in range(3)])
+        for a in range(3)
+    ])  # fmt: skip
+    np.testing.assert_allclose(dw, dw_expected, rtol=1e-5, atol=1e-4)

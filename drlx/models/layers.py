@@ -42,10 +42,13 @@ def sinusoidal_embedding(t: Float[Array, " *B"], dim: int, max_period: float = 1
 # 32x32x128): one batched `conv_general_dilated` in NHWC/HWIO (XLA:CPU runs it with Eigen) was
 # the fastest option; NCHW/OIHW was 0-25% slower, Equinox's Conv2d under vmap (XLA batches it
 # into one NCHW convolution) likewise, im2col or 9 shifted matmuls 3-8x slower and Winograd
-# F(2x2, 3x3) 1.2-3x slower. Idle machine: ~180-195 GFLOP/s at 128-256 channels (a 2048^3
-# matmul: ~175-200), but 32-64-channel convolutions ran on one core (~90) unless XLA_FLAGS has
-# a YNN fusion type (--xla_cpu_experimental_ynn_fusion_type=dot: ~160); see
-# benchmarks/bench_network.py.
+# F(2x2, 3x3) and F(4x4, 3x3) slower (F(4x4): 1.5-3x with the input gradient). 32-64-channel
+# convolutions ran on one core unless XLA_FLAGS has a YNN fusion type (drlx/_xla.py); XLA's
+# XNNPACK convolution (xnn/ynn fusion type individual_convolution) was slower still.
+# A 3-channel input convolution as one im2col matmul was 2.3x faster alone (64x32x32 3->32,
+# forward + input gradient: 6.7 -> 2.9 ms) but made no measurable difference to the whole
+# width-32 network's Langevin step (588 vs 590 sample-steps/s), so it is not used. See
+# benchmarks/bench_network.py for the network against PyTorch on the same machine.
 
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
