@@ -21,14 +21,27 @@ class ShuffledBatches:
     """Random-access source whose element i is batch i of an endless sequence of epochs, each
     a fresh permutation of the array drawn from (seed, epoch); the remainder is dropped. With
     `flip`, each image of batch i is mirrored left-right with probability 1/2, drawn from
-    (seed, i)."""
+    (seed, i). With `rows` (start, stop), element i is only those rows of batch i: the
+    permutation and the flips are still drawn for the whole batch, so the slices of several
+    hosts put together are the one-host batch."""
 
-    def __init__(self, array: np.ndarray, batch_size: int, seed: int, flip: bool = False):
+    def __init__(
+        self,
+        array: np.ndarray,
+        batch_size: int,
+        seed: int,
+        flip: bool = False,
+        rows: tuple[int, int] | None = None,
+    ):
         if len(array) < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the {len(array)} training examples")
         if flip and array.ndim != 4:
             raise ValueError(f"flip needs images (N, H, W, C), got an array of shape {array.shape}")
+        start, stop = (0, batch_size) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= start < stop <= batch_size:
+            raise ValueError(f"rows {rows} are not a non-empty range of a batch of {batch_size}")
         self.array, self.batch_size, self.seed, self.flip = array, batch_size, seed, flip
+        self.rows = (start, stop)
         self.per_epoch = len(array) // batch_size
         self._cached: tuple[int, np.ndarray] | None = None
 
@@ -43,29 +56,36 @@ class ShuffledBatches:
 
     def __getitem__(self, index: int) -> np.ndarray:
         epoch, j = divmod(int(index), self.per_epoch)
-        rows = self._permutation(epoch)[j * self.batch_size : (j + 1) * self.batch_size]
-        batch = self.array[np.sort(rows)]  # fancy indexing: a copy, safe to change in place
+        start, stop = self.rows
+        chosen = self._permutation(epoch)[j * self.batch_size : (j + 1) * self.batch_size]
+        batch = self.array[np.sort(chosen)[start:stop]]  # fancy indexing: a copy, safe to modify
         if self.flip:
-            mirror = np.random.default_rng([self.seed, int(index), FLIP_STREAM]).random(len(batch))
-            mirror = mirror < 0.5
+            rng = np.random.default_rng([self.seed, int(index), FLIP_STREAM])
+            mirror = rng.random(self.batch_size)[start:stop] < 0.5
             batch[mirror] = batch[mirror, :, ::-1]
         return batch
 
 
 def batch_iterator(
-    array: np.ndarray, batch_size: int, seed: int, flip: bool = False
+    array: np.ndarray,
+    batch_size: int,
+    seed: int,
+    flip: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[np.ndarray]:
     """Shuffle (again each epoch) and batch an array forever, the order fixed by `seed`.
 
     Arguments:
         array: examples along the first axis.
-        batch_size: examples per batch.
+        batch_size: examples per (global) batch.
         seed: shuffling (and flipping) seed.
         flip: mirror each image (N, H, W, C) left-right with probability 1/2, decided per
             batch index i by a generator seeded with [seed, i, FLIP_STREAM].
+        rows: (start, stop): yield only these rows of each batch, this host's slice (see
+            `drlx.sharding.process_rows`); None: the whole batch.
 
     Returns:
         A Grain dataset iterator; its `get_state()`/`set_state()` allow exact resumption.
     """
-    source = ShuffledBatches(array, batch_size, seed, flip)
+    source = ShuffledBatches(array, batch_size, seed, flip, rows)
     return iter(grain.MapDataset.source(source).to_iter_dataset())

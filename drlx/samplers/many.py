@@ -12,7 +12,7 @@ from drlx.keys import per_example_normal
 from drlx.progress import progress_bar
 from drlx.samplers.base import Sampler
 from drlx.samplers.progressive import generate
-from drlx.sharding import check_divisible, replicate, shard_batch
+from drlx.sharding import check_divisible, replicate, shard_batch, to_host
 
 
 @eqx.filter_jit
@@ -57,7 +57,7 @@ def sample_many(
         index = jnp.arange(start, start + chunk)
         if mesh is not None:
             index = shard_batch(index, mesh)
-        out.append(np.asarray(_chunk(ebm, sampler, key, index, shape)))
+        out.append(to_host(_chunk(ebm, sampler, key, index, shape)))
         bar.update(min(chunk, num - start))
     bar.close()
     return np.concatenate(out)[:num]

@@ -1,9 +1,17 @@
 """Train an experiment from its training array: the engine behind stages/train.py."""
 
+import jax
 import numpy as np
 
 from drlx.data.pipeline import batch_iterator
-from drlx.sharding import check_divisible, make_mesh, replicate, shard_batch
+from drlx.sharding import (
+    check_divisible,
+    check_process_order,
+    make_mesh,
+    process_rows,
+    replicate,
+    shard_local_batch,
+)
 from drlx.spec.build import Experiment
 from drlx.train.checkpoint import Checkpointer
 from drlx.train.loop import train_loop
@@ -18,6 +26,10 @@ def fit(
 ) -> tuple[TrainState, list[dict]]:
     """Train for spec.train.num_steps steps, resuming from the newest good checkpoint if any.
 
+    On several processes (after `jax.distributed.initialize()`), each one reads only its rows
+    of every batch from `train` (the same array on every host) and the global batch is
+    assembled on the mesh.
+
     Arguments:
         exp: the compiled experiment.
         train: training examples in data space.
@@ -30,6 +42,8 @@ def fit(
     spec = exp.spec
     mesh = make_mesh(spec.runtime.devices)
     check_divisible(spec.train.batch_size, mesh, "train.batch_size")
+    check_process_order([d.process_index for d in mesh.devices.flat], jax.process_count())
+    rows = process_rows(spec.train.batch_size, jax.process_index(), jax.process_count())
     step = make_train_step(
         exp.ebm,
         exp.train_sampler,
@@ -39,7 +53,7 @@ def fit(
         spec.train.ema_decay,
     )
     key = exp.key("train")
-    batches = batch_iterator(train, spec.train.batch_size, seed=spec.seed, flip=exp.flip)
+    batches = batch_iterator(train, spec.train.batch_size, seed=spec.seed, flip=exp.flip, rows=rows)
     state, history = init_state(exp.init_network(), exp.optimizer), []
     resumed = checkpointer.restore(state, key) if checkpointer else None
     if resumed is not None:
@@ -60,5 +74,5 @@ def fit(
         history=history,
         checkpoint=save if checkpointer else None,
         checkpoint_every=spec.runtime.checkpoint_every,
-        place=lambda batch: shard_batch(batch, mesh),
+        place=lambda batch: shard_local_batch(batch, mesh),
     )
