@@ -2,6 +2,7 @@
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -11,7 +12,8 @@ from drlx.diffusion import drl_linear_schedule
 from drlx.energy import ConditionalEBM
 from drlx.objective import recovery_likelihood_loss, recovery_likelihood_terms
 from drlx.samplers.ula import ULA
-from drlx.spec.build import loss_weights
+from drlx.spec.build import build_optimizer, loss_weights
+from drlx.spec.train import Train
 from drlx.train.step import init_state, make_train_step
 
 N = 12
@@ -168,3 +170,25 @@ def test_train_step_updates_and_is_deterministic(step_setup):
     assert int(new.step) == int(state.step) + 1
     for e, o, n in zip(leaves(new.ema), old_l, new_l, strict=True):
         np.testing.assert_allclose(np.asarray(e), 0.9 * o + 0.1 * n, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_schedule_closed_form(schedule):
+    """Adam's update for a gradient of constant sign is lr(step) in size (m / sqrt(v) = 1 after
+    bias correction), so the updates read off the schedule: linear warm-up, then constant or
+    lr/2 (1 + cos(pi (s - w) / (N - w))), reaching 0 at step N."""
+    spec = Train(num_steps=40, learning_rate=1e-2, warmup_steps=8, lr_schedule=schedule)
+    optimizer = build_optimizer(spec)
+    params = jnp.zeros(3)
+    state = optimizer.init(params)
+    sizes = []
+    for _ in range(spec.num_steps + 1):
+        updates, state = optimizer.update(jnp.ones(3), state, params)
+        sizes.append(float(jnp.abs(updates[0])))
+    s = np.arange(spec.num_steps + 1)
+    w, n, peak = spec.warmup_steps, spec.num_steps, spec.learning_rate
+    after = peak * np.ones_like(s, float)
+    if schedule == "cosine":
+        after = 0.5 * peak * (1 + np.cos(np.pi * np.clip((s - w) / (n - w), 0, 1)))
+    expected = np.where(s < w, peak * s / w, after)
+    np.testing.assert_allclose(sizes, expected, rtol=1e-4, atol=1e-9)

@@ -128,8 +128,16 @@ def loss_weights(weighting: str, schedule: Schedule, g_scale: Array) -> Array:
 
 
 def build_optimizer(spec: Train) -> optax.GradientTransformation:
-    """Adam with a linear warm-up from 0 to the learning rate, constant after it; no clipping."""
-    lr = optax.linear_schedule(0.0, spec.learning_rate, max(spec.warmup_steps, 1))
+    """Adam with a linear warm-up from 0 to the learning rate, then constant (the paper's) or a
+    cosine decay to zero at num_steps (`lr_schedule: cosine`); no clipping."""
+    warmup = max(spec.warmup_steps, 1)
+    match spec.lr_schedule:
+        case "constant":
+            lr = optax.linear_schedule(0.0, spec.learning_rate, warmup)
+        case "cosine":
+            lr = optax.warmup_cosine_decay_schedule(
+                0.0, spec.learning_rate, warmup, max(spec.num_steps, warmup + 1)
+            )
     return optax.adam(lr, b1=spec.beta1, b2=spec.beta2)
 
 

@@ -25,5 +25,7 @@ class Train(Block):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     warmup_steps: int = Field(1000, ge=0)
+    # constant after the warm-up (the paper's), or cosine: decay to 0 at num_steps
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     ema_decay: float = Field(0.999, ge=0, lt=1)
     log_every: PositiveInt = 50
