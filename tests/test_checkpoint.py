@@ -139,3 +139,24 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(small):
             checkpoint_every=10,
         )  # fmt: skip
     assert saved == [10, 20, 30]
+
+
+def test_diverged_chains_stop_training_with_a_finite_loss(small):
+    """Chains that run off the data stop training (and checkpointing) even while the loss is
+    still finite; the message names the step and the size of the chains."""
+    exp, state = small
+    saved = []
+
+    def fake_step(state, batch, key):
+        step = state.step + 1
+        chain = jnp.where(step >= 25, 1e6, 3.0)
+        metrics = {"loss": jnp.float32(-1.0), "grad_norm": jnp.float32(0.1), "chain_max_abs": chain}
+        return eqx.tree_at(lambda s: s.step, state, step), metrics
+
+    with pytest.raises(NonFiniteLossError, match=r"chains diverged at step 25: .* 1e\+06"):
+        train_loop(
+            state, fake_step, iter(lambda: None, 1), exp.key("train"), num_steps=100,
+            log_every=5, progress=False, checkpoint=lambda s, h: saved.append(int(s.step)),
+            checkpoint_every=10,
+        )  # fmt: skip
+    assert saved == [10, 20]

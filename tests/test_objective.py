@@ -14,6 +14,7 @@ from drlx.objective import recovery_likelihood_loss, recovery_likelihood_terms
 from drlx.samplers.ula import ULA
 from drlx.spec.build import build_optimizer, loss_weights
 from drlx.spec.train import Train
+from drlx.train.loop import CHAIN_DIVERGED_ABS
 from drlx.train.step import init_state, make_train_step
 
 N = 12
@@ -167,6 +168,7 @@ def test_train_step_updates_and_is_deterministic(step_setup):
 
     # Metrics and bookkeeping: EMA = d * old + (1 - d) * new with d = 0.9, step counter + 1.
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    assert 0 < float(metrics["chain_max_abs"]) < CHAIN_DIVERGED_ABS  # a healthy start
     assert int(new.step) == int(state.step) + 1
     for e, o, n in zip(leaves(new.ema), old_l, new_l, strict=True):
         np.testing.assert_allclose(np.asarray(e), 0.9 * o + 0.1 * n, rtol=1e-6, atol=1e-7)

@@ -9,17 +9,32 @@ from jaxtyping import PRNGKeyArray
 from drlx.progress import progress_bar
 from drlx.train.step import TrainState
 
+# Data lives in [-1, 1] and every chain starts at a noisy copy of it, so a negative this far out
+# means the Langevin chains have diverged (seen: |y-| ~ 1e12 with a still finite loss of -8e12
+# after 3000 good steps, on digits with a batch of 256).
+CHAIN_DIVERGED_ABS = 1e3
+
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or inf loss or gradient."""
+    """Training diverged: a NaN or inf loss or gradient, or Langevin chains far off the data."""
 
 
 def _check(record: dict) -> None:
+    advice = (
+        "; the last checkpoint before it is kept. Lower train.learning_rate or "
+        "sampler.step_size_b2"
+    )
     if not (np.isfinite(record["loss"]) and np.isfinite(record["grad_norm"])):
         raise NonFiniteLossError(
             f"training diverged at step {record['step']}: loss {record['loss']}, gradient norm "
-            f"{record['grad_norm']}; the last checkpoint before it is kept. Lower "
-            "train.learning_rate or sampler.step_size_b2"
+            f"{record['grad_norm']}" + advice
+        )
+    chain = record.get("chain_max_abs", 0.0)
+    if not chain <= CHAIN_DIVERGED_ABS:  # NaN too
+        raise NonFiniteLossError(
+            f"the Langevin chains diverged at step {record['step']}: the largest |y-| of the "
+            f"batch is {chain:.3g} (data lie in [-1, 1]; limit {CHAIN_DIVERGED_ABS:g}), loss "
+            f"{record['loss']:.3g}" + advice
         )
 
 

@@ -96,6 +96,12 @@ def make_train_step(
         new_state = TrainState(
             network, ema_update(state.ema, network, ema_decay), opt_state, state.step + 1
         )
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            # a diverging chain shows here long before the loss stops being finite
+            "chain_max_abs": jnp.max(jnp.abs(y_neg)),
+        }
+        return new_state, metrics
 
     return train_step
