@@ -7,9 +7,12 @@ Measures, per configuration,
 - the training step's forward + backward in the parameters of the g-difference loss
   mean(g(y-, t) - g(y+, t)) on a batch (two images per example);
 and converts both to GFLOP/s from multiply-adds counted analytically from the conv shapes,
-next to a same-process float32 matmul baseline. Writes benchmarks/results/network.json.
+next to a same-process float32 matmul baseline, and next to the same network in PyTorch's CPU
+build (benchmarks/bench_torch.py, rebuilt from this script's exported weights and checked to
+compute the same g) run by this script on this machine. Writes benchmarks/results/network.json.
 
 Usage: python benchmarks/bench_network.py [--quick] [--only NAME ...] [--out PATH]
+                                          [--torch-python PYTHON]   (`make bench`: all of it)
 Each measurement runs in a subprocess with RECOMMENDED_FLAGS (what drlx sets on import, see
 drlx/_xla.py) added to XLA_FLAGS; the full run repeats it (quick repetitions) without them. Flags
 are recorded in the JSON.
@@ -60,12 +63,17 @@ FLAGS_NOTE = (
 )
 LIMITS = (
     "With both cores the network runs at about the speed of its convolutions alone "
-    "('dominant_conv'): XLA:CPU's Eigen convolution, ~160 GFLOP/s for 32-64 channels and "
-    "~180-195 for 128-256 channels, near the 2048^3 matmul (~175-200) on an idle machine. No "
-    "other convolution is reachable from JAX here (convolution is not a valid xnn/ynn/onednn "
-    "fusion type); NCHW, vmapped Equinox Conv2d, im2col, shifted matmuls and Winograd "
-    "F(2x2,3x3) were slower. The machine is shared: the load average and the matmul baselines "
-    "before and after each run show how much other processes took."
+    "('dominant_conv'): XLA:CPU's Eigen convolution. Against PyTorch's oneDNN convolutions on the "
+    "same machine (runs.torch, runs.drlx_over_torch) that is 0.75-0.9x for sample-steps: the gap "
+    "is the convolution kernels, not the network code (the torch rebuild computes the same g to "
+    "~1e-6, and drlx's Langevin step costs about the sum of its convolutions). No faster "
+    "convolution is reachable from JAX 0.10.2 on this CPU: NCHW, vmapped Equinox Conv2d, im2col, "
+    "shifted matmuls, Winograd F(2x2,3x3) and F(4x4,3x3), and XLA's XNNPACK convolution "
+    "(fusion type individual_convolution) were slower. The training step's weight gradient "
+    "runs at about half the forward's speed for 32-64 channels; in DRL training it is one of "
+    "~60 network passes per step (the chains dominate). The machine is shared: the load "
+    "average and the matmul baselines before and after each run show how much other "
+    "processes took."
 )
 
 CONFIGS = {
@@ -143,7 +151,9 @@ def conv_kernel(n: int, h: int, w: int, c: int, reps: int) -> dict:
 
 @eqx.filter_jit
 def chain(net, y, t, s2, key):
-    """CHAIN_STEPS ULA-like steps on the batch (level embedding computed once)."""
+    """CHAIN_STEPS ULA-like steps on the batch (level embedding and kernel preprocessing done
+    once, as drlx's chains do: ConditionalEBM.target)."""
+    net = net.precompute()
     context = net.embed(t)
     grad_fn = jax.grad(lambda y_: jnp.sum(net.energy(y_, context)))
     scale = jnp.sqrt(s2)
@@ -358,8 +368,10 @@ def main() -> None:
             "quick": args.quick,
         },
         "targets_note": (
-            "targets: a PyTorch (oneDNN) run on this machine, sample-steps/s for cifar_w32 "
-            "and cifar_full; at the 2x-forward convention they mean ~155 and ~210 GFLOP/s"
+            "target_sample_steps_per_s: the issue's numbers for PyTorch (oneDNN) on the machine "
+            "it was measured on (a float32 2048^3 matmul reached ~175-195 GFLOP/s there). "
+            "runs.torch measures PyTorch here, in this script; runs.drlx_over_torch is the "
+            "comparison that holds on any machine"
         ),
         "limits_note": LIMITS,
     }

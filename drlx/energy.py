@@ -23,7 +23,8 @@ from drlx.diffusion import Schedule
 
 EnergyNetwork = Callable[[Array, Array], Array]
 """g(y, t) for a batch. Networks also offer embed(t) -> context and energy(y, context), so
-a chain computes what depends on the level once, not at every step."""
+a chain computes what depends on the level once, not at every step, and precompute() -> the
+same function with its weights' preprocessing done once, for a chain (weights fixed)."""
 
 
 
@@ -42,23 +43,26 @@ class ConditionalEBM(eqx.Module):
         """Unnormalized log p(y | x~) at per-example levels t."""
         return self._log_prob(y, x_tilde, t, self.network.embed(t))
 
-    def _log_prob(self, y, x_tilde, t, context):
+    def _log_prob(self, y, x_tilde, t, context, network=None):
         sigma = self.schedule.sigma[t + 1]
         tether = self.schedule.tethered[t + 1] * sum_squares(y - x_tilde) / (2.0 * sigma**2)
-        return self.network.energy(y, context) / self.g_scale[t] - tether
+        network = self.network if network is None else network
+        return network.energy(y, context) / self.g_scale[t] - tether
 
     def target(
         self, x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]
     ) -> Callable[[Array], tuple[Array, Array]]:
         """The sampler's target for fixed (x~, t): y -> (log p(y | x~), grad_y log p(y | x~)).
 
-        Level-dependent parts of the network are computed once here. Examples are independent,
-        so the gradient of the batch sum is the per-example gradient.
+        Level-dependent parts of the network, and its weights as the chain uses them
+        (`precompute`), are computed once here. Examples are independent, so the gradient of
+        the batch sum is the per-example gradient.
         """
-        context = self.network.embed(t)
+        network = self.network.precompute()
+        context = network.embed(t)
 
         def total(y_):
-            values = self._log_prob(y_, x_tilde, t, context)
+            values = self._log_prob(y_, x_tilde, t, context, network)
             return jnp.sum(values), values
 
         def value_and_grad(y):

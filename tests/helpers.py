@@ -83,6 +83,9 @@ class QuadraticEnergy(eqx.Module):
     def __call__(self, y: Array, t: Array) -> Array:
         return self.energy(y, self.embed(t))
 
+    def precompute(self):  # nothing to precompute (the network interface)
+        return self
+
 
 def random_mlp(key, dim: int = 2, width: int = 16, depth: int = 2, fourier_features: int = 0):
     """A small MLPEnergy whose read-out is random rather than zero, so that g depends on every

@@ -37,6 +37,9 @@ class QuadraticLevels(eqx.Module):
     def __call__(self, y, t):
         return self.energy(y, self.embed(t))
 
+    def precompute(self):  # nothing to precompute (the network interface)
+        return self
+
 
 @pytest.fixture(scope="module")
 def schedule():
@@ -153,6 +156,9 @@ class ConfinedTop(eqx.Module):
 
     def __call__(self, y, t):
         return self.energy(y, self.embed(t))
+
+    def precompute(self):  # nothing to precompute (the network interface)
+        return self
 
 
 def test_ais_matches_quadrature_on_a_random_2d_mlp(schedule):

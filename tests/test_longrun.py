@@ -53,6 +53,9 @@ class LevelQuadratic(eqx.Module):
     def __call__(self, y, t):
         return self.energy(y, self.embed(t))
 
+    def precompute(self):  # nothing to precompute (the network interface)
+        return self
+
 
 def f64(v) -> np.ndarray:
     return np.asarray(v, dtype=np.float64)

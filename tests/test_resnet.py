@@ -110,6 +110,20 @@ def test_shapes_finite_context_and_input_gradient(case):
         assert grad.shape == y.shape and np.all(np.isfinite(grad)) and np.any(grad != 0)
 
 
+def test_precomputed_network_is_the_same_function(case):
+    """precompute() (kernels normalized, scaled and flipped once, for chains) changes neither g
+    nor its input gradient, and keeps no spectral-norm state to advance."""
+    _, rnet, y, t = case
+    scales = lambda n: [b.conv2.scale for stage in n.stages for b in stage]  # noqa: E731
+    rnet = eqx.tree_at(scales, rnet, [0.5 + jnp.arange(len(c)) / len(c) for c in scales(rnet)])
+    pre = rnet.precompute()
+    convs = [b.conv1 for s in pre.stages for b in s] + [pre.conv_in]
+    assert all(c.u is None and c.scale is None and c.flipped is not None for c in convs)
+    for got, expected in zip(outputs(pre, y, t), outputs(rnet, y, t), strict=True):
+        scale = float(np.max(np.abs(expected)))  # float32 sums: errors scale with the terms
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * scale)
+
+
 def test_batch_independence(case):
     _, rnet, y, t = case
     g = outputs(rnet, y, t)[0]

@@ -57,34 +57,54 @@ def _conv_same(x: Array, weight: Array) -> Array:
     return jax.lax.conv_general_dilated(x, weight, (1, 1), "SAME", dimension_numbers=_CONV_DIMS)
 
 
-@jax.custom_vjp
-def _conv(x: Array, weight: Array) -> Array:
-    return _conv_same(x, weight)
+def flip_kernel(weight: Float[Array, " kh kw I O"]) -> Float[Array, " kh kw O I"]:
+    """The kernel of a stride-1 'SAME' convolution's input gradient: flipped in space, in/out
+    axes swapped."""
+    return jnp.swapaxes(jnp.flip(weight, (0, 1)), 2, 3)
 
 
-def _conv_fwd(x, weight):
-    return _conv_same(x, weight), (x, weight)
-
-
-def _conv_bwd(residuals, cotangent):
+def _conv_grads(x, weight, flipped, cotangent):
     # The input gradient of a stride-1 'SAME' convolution with an odd kernel is the same
-    # convolution with the kernel flipped in space and its in/out axes swapped. Written out
-    # here because JAX's own transpose rule swaps the kernel's dimension labels (HWOI) and,
-    # inside a lax.scan (a Langevin chain), XLA:CPU then ran that convolution through its naive
-    # loop emitter instead of Eigen: 7x slower per step (0.31 vs 0.047 s, 64x32x32x32).
-    x, weight = residuals
-    flipped = jnp.swapaxes(jnp.flip(weight, (0, 1)), 2, 3)
+    # convolution with `flip_kernel(weight)`. Written out here because JAX's own transpose rule
+    # swaps the kernel's dimension labels (HWOI) and, inside a lax.scan (a Langevin chain),
+    # XLA:CPU then ran that convolution through its naive loop emitter instead of Eigen: 7x
+    # slower per step (0.31 vs 0.047 s, 64x32x32x32).
     dx = _conv_same(cotangent, flipped)
     _, weight_vjp = jax.vjp(lambda w: _conv_same(x, w), weight)  # dead code when unused
     (dw,) = weight_vjp(cotangent)
     return dx, dw
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+@jax.custom_vjp
+def _conv(x: Array, weight: Array) -> Array:
+    return _conv_same(x, weight)
+
+
+_conv.defvjp(
+    lambda x, weight: (_conv_same(x, weight), (x, weight)),
+    lambda res, ct: _conv_grads(res[0], res[1], flip_kernel(res[1]), ct),
+)
+
+
+@jax.custom_vjp
+def _conv_flipped(x: Array, weight: Array, flipped: Array) -> Array:
+    """_conv with flip_kernel(weight) given: a chain flips its fixed kernels once, outside its
+    loop (XLA did not hoist the flip: ~4% of a full CIFAR network's Langevin step). flipped's
+    own cotangent is zero: it only stands for a function of weight."""
+    return _conv_same(x, weight)
+
+
+_conv_flipped.defvjp(
+    lambda x, weight, flipped: (_conv_same(x, weight), (x, weight, flipped)),
+    lambda res, ct: (*_conv_grads(*res, ct), jnp.zeros_like(res[2])),
+)
 
 
 def conv2d(
-    x: Float[Array, " N H W I"], weight: Float[Array, " kh kw I O"], bias: Array | None = None
+    x: Float[Array, " N H W I"],
+    weight: Float[Array, " kh kw I O"],
+    bias: Array | None = None,
+    flipped: Float[Array, " kh kw O I"] | None = None,
 ) -> Float[Array, " N H W O"]:
     """Stride-1, 'SAME'-padded 2D convolution of a channels-last batch (cross-correlation).
 
@@ -94,13 +114,14 @@ def conv2d(
         x: inputs (N, H, W, I).
         weight: kernel (kh, kw, I, O), odd kh and kw.
         bias: optional (O,) bias.
+        flipped: `flip_kernel(weight)` if already computed (None: computed here).
 
     Returns:
         Outputs (N, H, W, O).
     """
     if weight.shape[0] % 2 == 0 or weight.shape[1] % 2 == 0:
         raise ValueError(f"conv2d needs an odd kernel size, got {weight.shape[:2]}")
-    y = _conv(x, weight)
+    y = _conv(x, weight) if flipped is None else _conv_flipped(x, weight, flipped)
     return y if bias is None else y + bias
 
 
@@ -199,6 +220,7 @@ class Conv2d(eqx.Module):
     bias: Float[Array, " O"]
     u: Float[Array, " O"] | None
     scale: Float[Array, " O"] | None
+    flipped: Float[Array, " kh kw O I"] | None  # set by `precompute` only
 
     def __init__(
         self,
@@ -215,6 +237,7 @@ class Conv2d(eqx.Module):
         self.scale = (
             None if init_scale is None else jnp.full((out_channels,), init_scale, jnp.float32)
         )
+        self.flipped = None
 
     def normalized_weight(self) -> Float[Array, " kh kw I O"]:
         """scale * W / sigma_hat(W), with the factors that are configured."""
@@ -224,13 +247,31 @@ class Conv2d(eqx.Module):
         return w if self.scale is None else w * self.scale
 
     def __call__(self, x: Float[Array, " N H W I"]) -> Float[Array, " N H W O"]:
-        return conv2d(x, self.normalized_weight(), self.bias)
+        return conv2d(x, self.normalized_weight(), self.bias, self.flipped)
+
+    def precompute(self) -> "Conv2d":
+        """The same layer with its kernel's preprocessing done once: the normalized, scaled
+        kernel as `weight` (no u, no scale) and its flipped copy for the input gradient. For a
+        chain, whose weights are fixed; no power iteration or training from it."""
+        weight = self.normalized_weight()
+        return eqx.tree_at(
+            lambda m: (m.weight, m.u, m.scale, m.flipped),
+            self,
+            (weight, None, None, flip_kernel(weight)),
+            is_leaf=lambda x: x is None,
+        )
 
     def power_iteration(self) -> "Conv2d":
         """A copy with `u` advanced by one power iteration (self without spectral norm)."""
         if self.u is None:
             return self
         return eqx.tree_at(lambda m: m.u, self, power_step(self.weight, self.u))
+
+
+def precompute_convs(tree: T) -> T:
+    """`Conv2d.precompute` applied to every Conv2d inside `tree`."""
+    is_conv = lambda x: isinstance(x, Conv2d)  # noqa: E731
+    return jax.tree.map(lambda x: x.precompute() if is_conv(x) else x, tree, is_leaf=is_conv)
 
 
 def power_iterate(tree: T) -> T:

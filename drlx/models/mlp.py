@@ -96,3 +96,7 @@ class MLPEnergy(eqx.Module):
     def power_iteration(self) -> Self:
         """No spectral normalization here: returns self (the interface of ResNetEnergy)."""
         return self
+
+    def precompute(self) -> Self:
+        """Nothing to precompute for a chain: returns self (the interface of ResNetEnergy)."""
+        return self

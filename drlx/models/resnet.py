@@ -7,7 +7,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from drlx.models.layers import Conv2d, Dense, avg_pool2, power_iterate, sinusoidal_embedding
+from drlx.models.layers import (
+    Conv2d,
+    Dense,
+    avg_pool2,
+    power_iterate,
+    precompute_convs,
+    sinusoidal_embedding,
+)
 
 # Initial per-channel scale of a block's second convolution (DRL: init_scale 1e-10): every block
 # starts as (almost exactly) its shortcut.
@@ -131,3 +138,8 @@ class ResNetEnergy(eqx.Module):
     def power_iteration(self) -> Self:
         """A copy with every spectral-norm vector advanced by one power iteration."""
         return power_iterate(self)
+
+    def precompute(self) -> Self:
+        """The same function of (y, t) with every convolution's kernel normalized, scaled and
+        flipped once (`Conv2d.precompute`), for a chain whose weights are fixed."""
+        return precompute_convs(self)
