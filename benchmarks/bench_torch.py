@@ -100,12 +100,15 @@ def timed(fn, reps: int) -> dict[str, float]:
     return {"first_call_s": warm, "min_s": min(times), "median_s": statistics.median(times)}
 
 
+def _images(a: np.ndarray) -> torch.Tensor:
+    """NHWC numpy images as an NCHW tensor stored channels-last."""
+    t = torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+    return t.contiguous(memory_format=torch.channels_last)
+
+
 def bench(path: Path, reps: int) -> dict:
     arrays = dict(np.load(path))
-    y0 = torch.from_numpy(arrays["y"].transpose(0, 3, 1, 2).copy())
-    y0 = y0.contiguous(memory_format=torch.channels_last)
-    y_neg = torch.from_numpy(arrays["y_neg"].transpose(0, 3, 1, 2).copy())
-    y_neg = y_neg.contiguous(memory_format=torch.channels_last)
+    y0, y_neg = _images(arrays["y"]), _images(arrays["y_neg"])
     n = y0.shape[0]
 
     sampler_net = Net(arrays, requires_grad=False)

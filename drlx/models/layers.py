@@ -86,6 +86,9 @@ _conv.defvjp(
 )
 
 
+# Two custom VJPs rather than _conv_flipped(x, w, flip_kernel(w)) everywhere: routing the zero
+# cotangent of a flip computed from w back into w's gradient sent XLA's algebraic simplifier
+# into a loop (an error in the log at every compile of a training step).
 @jax.custom_vjp
 def _conv_flipped(x: Array, weight: Array, flipped: Array) -> Array:
     """_conv with flip_kernel(weight) given: a chain flips its fixed kernels once, outside its
@@ -268,14 +271,19 @@ class Conv2d(eqx.Module):
         return eqx.tree_at(lambda m: m.u, self, power_step(self.weight, self.u))
 
 
+def _map_layers(tree: T, types: type | tuple[type, ...], method: str) -> T:
+    """`layer.method()` for every layer of `types` inside `tree`; everything else unchanged."""
+    is_layer = lambda x: isinstance(x, types)  # noqa: E731
+    update = lambda x: getattr(x, method)() if is_layer(x) else x  # noqa: E731
+    return jax.tree.map(update, tree, is_leaf=is_layer)
+
+
 def precompute_convs(tree: T) -> T:
     """`Conv2d.precompute` applied to every Conv2d inside `tree`."""
-    is_conv = lambda x: isinstance(x, Conv2d)  # noqa: E731
-    return jax.tree.map(lambda x: x.precompute() if is_conv(x) else x, tree, is_leaf=is_conv)
+    return _map_layers(tree, Conv2d, "precompute")
 
 
 def power_iterate(tree: T) -> T:
     """Advance every spectrally normalized layer (Dense, Conv2d) inside `tree` by one power
     iteration; everything else is returned unchanged."""
-    is_layer = lambda x: isinstance(x, Dense | Conv2d)  # noqa: E731
-    return jax.tree.map(lambda x: x.power_iteration() if is_layer(x) else x, tree, is_leaf=is_layer)
+    return _map_layers(tree, (Dense, Conv2d), "power_iteration")
