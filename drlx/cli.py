@@ -120,5 +120,38 @@ def report(
     typer.echo(f"wrote {md} and {page}")
 
 
+@app.command()
+def deps(
+    check: Annotated[
+        bool, typer.Option("--check", help="write nothing; exit 1 with a diff if any is stale")
+    ] = False,
+) -> None:
+    """Recompute every stage's code deps (its script and the repository Python files it imports)
+    in dvc.yaml and stages/paper/dvc.yaml."""
+    from drlx import stage_deps
+
+    try:
+        root = stage_deps.find_root()
+        for problem in stage_deps.warnings(root):
+            typer.echo(f"warning: {problem} does not exist (ImportError when it runs)", err=True)
+        if check:
+            diffs = stage_deps.check(root)
+        else:
+            changed = stage_deps.write(root)
+    except (OSError, ValueError, SyntaxError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if check:
+        for diff in diffs:
+            typer.echo(diff, nl=False)
+        if diffs:
+            typer.echo("stale code deps: run `drlx deps` to rewrite them", err=True)
+        raise typer.Exit(1 if diffs else 0)
+    for path in changed:
+        typer.echo(f"rewrote {path.relative_to(root)}")
+    if not changed:
+        typer.echo("code deps are current")
+
+
 if __name__ == "__main__":
     app()
