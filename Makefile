@@ -38,9 +38,11 @@ lint: $(STAMP)
 # The network benchmark, next to the same network in PyTorch's CPU build (oneDNN), run by the
 # same script on the same machine: .venv-torch holds torch (the CPU wheel) and numpy only.
 TORCH_VENV := .venv-torch
-$(TORCH_VENV)/.installed:
+TORCH_PIN := $(shell sed -n 's/^torch = \["\(torch==[^"]*\)"\]/\1/p' pyproject.toml)
+NUMPY_PIN := $(shell grep -o 'numpy==[0-9.]*' pyproject.toml)
+$(TORCH_VENV)/.installed: pyproject.toml
 	@test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
-	$(TORCH_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy==2.4.6
+	$(TORCH_VENV)/bin/python -m pip install --quiet $(TORCH_PIN) $(NUMPY_PIN)
 	@touch $@
 
 bench: $(STAMP) $(TORCH_VENV)/.installed

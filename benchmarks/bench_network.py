@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from drlx._xla import CPU_FLAGS
-from drlx.models import ResNetEnergy
 from drlx.models.layers import conv2d
+from drlx.models.resnet import ResNetEnergy
 
 CHAIN_STEPS = 10
 FLOP_CONVENTION = (

@@ -1,5 +1,48 @@
-"""drlx: energy-based models by diffusion recovery likelihood, in JAX."""
+"""drlx: energy-based models by diffusion recovery likelihood, in JAX.
+
+The public API, for notebooks and scripts (the DVC stages call the same functions):
+
+    spec = drlx.load_spec("specs/eight_gaussians.yaml")   # validate (SpecError: file:line)
+    exp = drlx.build(spec)                                 # objects and engine settings
+    data = exp.data.splits(exp.seed)                       # {"train", "heldout", "heldout_b"}
+    state, history = drlx.fit(exp, data["train"])          # train; report state.ema
+    x = drlx.sample(exp, state.ema, 1000)                  # generate from noise
+    bound = drlx.likelihood_bound(exp, state.ema, data["heldout"][:100], data["train"])
+    metrics = drlx.evaluate_samples(exp, exp.ebm(state.ema), x, data["heldout"],
+                                    data["heldout_b"], "density.png")
+    drlx.save_model("model.eqx", state.ema); net = exp.load_network("model.eqx")
+
+Names load on first use, so `import drlx` (and every module of the package, which imports it)
+pulls in nothing else: a stage depends only on the modules it imports.
+"""
+
+import importlib
 
 from drlx._xla import add_default_flags
 
 add_default_flags()
+
+_API = {
+    "load_spec": "drlx.spec.load",
+    "SpecError": "drlx.spec.load",
+    "build": "drlx.build",
+    "Experiment": "drlx.experiment",
+    "fit": "drlx.train.fit",
+    "sample": "drlx.samplers.many",
+    "likelihood_bound": "drlx.density.estimate",
+    "estimate_density": "drlx.density.estimate",
+    "evaluate_samples": "drlx.evaluate.quality",
+    "save_model": "drlx.io",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'drlx' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

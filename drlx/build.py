@@ -1,25 +1,41 @@
-"""The one place where a spec becomes objects: an explicit `match` on each block's kind."""
+"""The one place where a spec becomes objects and typed engine settings: an explicit `match` on
+each block's kind. Engines never see the spec; they get what `build` returns."""
 
+import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import diffrax
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array
 
+from drlx.data import sources
 from drlx.diffusion import (
     Schedule,
     cosine_logsnr_schedule,
     drl_linear_schedule,
     linear_schedule,
 )
-from drlx.energy import ConditionalEBM
-from drlx.keys import named_key
-from drlx.models import MLPEnergy, ResNetEnergy
-from drlx.samplers import MALA, ULA, Sampler, Underdamped
+from drlx.experiment import Experiment
+from drlx.models.base import AbstractEnergyNetwork
+from drlx.models.mlp import MLPEnergy
+from drlx.models.resnet import ResNetEnergy
+from drlx.samplers.base import AbstractSampler
+from drlx.samplers.mala import MALA
+from drlx.samplers.ula import ULA
+from drlx.samplers.underdamped import Underdamped
+from drlx.settings import (
+    AISSettings,
+    DensitySettings,
+    EvaluateSettings,
+    LongRunSettings,
+    RuntimeSettings,
+    TrainSettings,
+)
 from drlx.spec import data as data_spec
+from drlx.spec import density as density_spec
 from drlx.spec import diffusion as diffusion_spec
 from drlx.spec import model as model_spec
 from drlx.spec import sampler as sampler_spec
@@ -42,59 +58,53 @@ def build_schedule(spec: diffusion_spec.DiffusionSpec) -> Schedule:
     raise TypeError(f"no schedule for {spec!r}")
 
 
-def data_shape(spec: data_spec.DataSpec) -> tuple[int, ...]:
+def build_data(spec: data_spec.DataSpec) -> sources.DataSource:
     match spec:
         case data_spec.Toy2DData():
-            return (2,)
+            return sources.Toy2D(spec.name, spec.num_train, spec.num_heldout)
         case data_spec.DigitsData():
-            return (8, 8, 1)
+            return sources.Digits(spec.num_heldout, spec.flip)
         case data_spec.Cifar10Data():
-            return (32, 32, 3)
+            return sources.Cifar10(spec.path, spec.flip)
         case data_spec.ImageFolderData():
-            return (spec.size, spec.size, 3)
+            return sources.ImageFolder(spec.path, spec.size, spec.num_heldout, spec.flip)
         case data_spec.NpzData():
-            return tuple(spec.shape)  # stated in the spec; prepare checks it against the file
-    raise TypeError(f"no data shape for {spec!r}")
+            # the shape is stated in the spec; reading the file checks it
+            return sources.Npz(spec.path, spec.key, tuple(spec.shape), spec.num_heldout, spec.flip)
+    raise TypeError(f"no data source for {spec!r}")
 
 
-def data_flip(spec: data_spec.DataSpec) -> bool:
-    """Whether training batches get random left-right flips (images only)."""
-    match spec:
-        case data_spec.Toy2DData():
-            return False
-        case _:
-            return spec.flip
-
-
-def build_network(spec: model_spec.ModelSpec, shape: tuple[int, ...], key: PRNGKeyArray):
+def network_factory(
+    spec: model_spec.ModelSpec, shape: tuple[int, ...]
+) -> Callable[..., AbstractEnergyNetwork]:
+    """key -> a freshly initialised energy network for examples of `shape`."""
     match spec:
         case model_spec.MLPEnergy():
-            dim = math.prod(shape)
-            return MLPEnergy(
-                dim,
+            return functools.partial(
+                MLPEnergy,
+                math.prod(shape),
                 spec.width,
                 spec.depth,
                 spec.embed_dim,
                 spec.activation,
                 spec.fourier_features,
                 spec.fourier_scale,
-                key=key,
             )
         case model_spec.ResNetEnergy():
             _, _, channels = shape
-            return ResNetEnergy(
+            return functools.partial(
+                ResNetEnergy,
                 channels,
                 spec.width,
                 spec.blocks_per_resolution,
                 spec.channel_mults,
                 spec.embed_dim,
                 spec.spectral_norm,
-                key=key,
             )
     raise TypeError(f"no network for {spec!r}")
 
 
-def build_sampler(spec: sampler_spec.SamplerSpec, training: bool) -> Sampler:
+def build_sampler(spec: sampler_spec.SamplerSpec, training: bool) -> AbstractSampler:
     match spec:
         case sampler_spec.ULA():
             noise = spec.noise_scale_train if training else spec.noise_scale_eval
@@ -141,34 +151,43 @@ def build_optimizer(spec: Train) -> optax.GradientTransformation:
     return optax.adam(lr, b1=spec.beta1, b2=spec.beta2)
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """What a spec compiles to. Engines take these objects, never the spec."""
-
-    spec: ExperimentSpec
-    root_key: PRNGKeyArray
-    schedule: Schedule
-    shape: tuple[int, ...]
-    flip: bool
-    step_sq: Array
-    g_scale: Array
-    weights: Array
-    train_sampler: Sampler
-    eval_sampler: Sampler
-    optimizer: optax.GradientTransformation
-
-    def key(self, name: str) -> PRNGKeyArray:
-        return named_key(self.root_key, name)
-
-    def init_network(self):
-        return build_network(self.spec.model, self.shape, self.key("init"))
-
-    def ebm(self, network) -> ConditionalEBM:
-        return ConditionalEBM(network, self.schedule, self.step_sq, self.g_scale)
+def build_density(
+    spec: density_spec.Density, seed: int, num_projections: int
+) -> tuple[DensitySettings, LongRunSettings]:
+    """The density stage's settings and the long-run chains' (see their classes)."""
+    ais = AISSettings(
+        spec.num_chains,
+        spec.num_annealing_steps,
+        spec.kernel_steps,
+        spec.base_proposals,
+        spec.target_acceptance,
+    )
+    density = DensitySettings(
+        ais=ais,
+        top_chains=spec.top_chains,
+        num_heldout=spec.num_heldout,
+        num_quadrature_checks=spec.num_quadrature_checks,
+        quadrature_resolution=spec.quadrature_resolution,
+        check_chains=spec.check_chains,
+        check_annealing_steps=spec.check_annealing_steps,
+        check_chains_level_0=spec.check_chains_level_0,
+        check_annealing_steps_level_0=spec.check_annealing_steps_level_0,
+        dequantize_seed=seed,
+    )
+    long_run = LongRunSettings(
+        steps=spec.long_run_steps,
+        chains=spec.long_run_chains,
+        levels=tuple(spec.long_run_levels),
+        thin=spec.long_run_thin,
+        horizons=tuple(spec.long_run_horizons),
+        drift_ratio=spec.long_run_drift_ratio,
+        num_projections=num_projections,
+    )
+    return density, long_run
 
 
 def build(spec: ExperimentSpec) -> Experiment:
-    """Compile a validated spec into the objects the engines use."""
+    """Compile a validated spec into the objects and settings the engines use."""
     schedule = build_schedule(spec.diffusion)
     step_sq = schedule.step_size_sq(spec.sampler.step_size_b2, spec.sampler.step_size_rule)
     match spec.model.output_scale:
@@ -176,16 +195,43 @@ def build(spec: ExperimentSpec) -> Experiment:
             g_scale = step_sq
         case "tether_variance":
             g_scale = schedule.sigma[1:] ** 2
+    data = build_data(spec.data)
+    density, long_run = build_density(spec.density, spec.seed, spec.evaluate.num_projections)
+    train = TrainSettings(
+        num_steps=spec.train.num_steps,
+        batch_size=spec.train.batch_size,
+        log_every=spec.train.log_every,
+        ema_decay=spec.train.ema_decay,
+        shared_noise=spec.diffusion.shared_noise,
+        data_seed=spec.seed,
+        flip=data.flip,
+    )
+    evaluate = EvaluateSettings(
+        num_samples=spec.evaluate.num_samples,
+        num_projections=spec.evaluate.num_projections,
+        heatmap_resolution=spec.evaluate.heatmap_resolution,
+        inception_weights=spec.evaluate.inception_weights,
+    )
+    r = spec.runtime
+    runtime = RuntimeSettings(r.devices, r.progress, r.sample_batch_size, r.checkpoint_every)
     return Experiment(
-        spec=spec,
+        name=spec.name,
+        scientific_hash=spec.scientific_hash(),
+        training_hash=spec.training_hash(),
+        seed=spec.seed,
         root_key=jax.random.key(spec.seed),
+        data=data,
         schedule=schedule,
-        shape=data_shape(spec.data),
-        flip=data_flip(spec.data),
         step_sq=step_sq,
         g_scale=g_scale,
         weights=loss_weights(spec.objective.weighting, schedule, g_scale),
+        make_network=network_factory(spec.model, data.shape),
+        optimizer=build_optimizer(spec.train),
         train_sampler=build_sampler(spec.sampler, training=True),
         eval_sampler=build_sampler(spec.sampler, training=False),
-        optimizer=build_optimizer(spec.train),
+        train=train,
+        evaluate=evaluate,
+        density=density,
+        long_run=long_run,
+        runtime=runtime,
     )

@@ -1,4 +1,4 @@
-"""Noise schedules and the forward process (REFERENCE section 2).
+"""Noise schedules and the forward process (docs/method.md §2).
 
 Arrays of a schedule have length T+1 (index i = 0..T); conditional EBMs are indexed by level
 t = 0..T-1 and use entry t+1 for the step from x_t to x_{t+1}:
@@ -20,7 +20,7 @@ class Schedule(eqx.Module):
 
     `a_out[i]` rescales x_{i-1} into the EBM variable y = a_out[i] x_{i-1} of level i-1; it is a_i
     except at the top (i = T), where the EBM is unconditional and y = x_{T-1}. `tethered[i]` is 0
-    at the top level, where the Gaussian tether term is dropped (REFERENCE section 3).
+    at the top level, where the Gaussian tether term is dropped (docs/method.md §3.3).
     """
 
     a: Float[Array, " T1"]
@@ -100,8 +100,6 @@ def cosine_logsnr_schedule(num_levels: int, logsnr_min: float, logsnr_max: float
     logsnr = -2.0 * np.log(np.tan(a * u + b))
     abar = np.sqrt(1.0 / (1.0 + np.exp(-logsnr)))
     return _from_contractions(np.concatenate([abar[:1], abar[1:] / abar[:-1]]))
-
-
 
 
 def q_sample_pair(

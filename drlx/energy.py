@@ -1,4 +1,4 @@
-"""The conditional log-density of each level (REFERENCE section 3).
+"""The conditional log-density of each level (docs/method.md §3).
 
 Sign convention, stated once for the whole package: the network output g and
 f = g / s_t^2 are log-densities (higher = more likely); the energy is E = -f.
@@ -20,19 +20,13 @@ from jaxtyping import Array, Float, Int
 
 from drlx.batch import sum_squares
 from drlx.diffusion import Schedule
-
-EnergyNetwork = Callable[[Array, Array], Array]
-"""g(y, t) for a batch. Networks also offer embed(t) -> context and energy(y, context), so
-a chain computes what depends on the level once, not at every step, and precompute() -> the
-same function with its weights' preprocessing done once, for a chain (weights fixed)."""
-
-
+from drlx.models.base import AbstractEnergyNetwork
 
 
 class ConditionalEBM(eqx.Module):
     """The network plus the schedule: log p(y | x~, t) up to log Z(x~), for a batch."""
 
-    network: EnergyNetwork
+    network: AbstractEnergyNetwork
     schedule: Schedule
     step_sq: Float[Array, " T"]
     g_scale: Float[Array, " T"]
@@ -41,9 +35,19 @@ class ConditionalEBM(eqx.Module):
         self, y: Float[Array, " N *D"], x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]
     ) -> Float[Array, " N"]:
         """Unnormalized log p(y | x~) at per-example levels t."""
-        return self._log_prob(y, x_tilde, t, self.network.embed(t))
+        return self.log_prob_in_context(y, x_tilde, t, self.network.embed(t))
 
-    def _log_prob(self, y, x_tilde, t, context, network=None):
+    def log_prob_in_context(
+        self,
+        y: Float[Array, " N *D"],
+        x_tilde: Float[Array, " N *D"],
+        t: Int[Array, " N"],
+        context: tuple[Array, ...],
+        network: AbstractEnergyNetwork | None = None,
+    ) -> Float[Array, " N"]:
+        """`log_prob` with the level's part of the network given (`network.embed(t)`), so that
+        many evaluations at the same levels compute it once; `network` defaults to the EBM's
+        own (a chain passes its `precompute()`d copy)."""
         sigma = self.schedule.sigma[t + 1]
         tether = self.schedule.tethered[t + 1] * sum_squares(y - x_tilde) / (2.0 * sigma**2)
         network = self.network if network is None else network
@@ -62,7 +66,7 @@ class ConditionalEBM(eqx.Module):
         context = network.embed(t)
 
         def total(y_):
-            values = self._log_prob(y_, x_tilde, t, context, network)
+            values = self.log_prob_in_context(y_, x_tilde, t, context, network)
             return jnp.sum(values), values
 
         def value_and_grad(y):

@@ -1,6 +1,7 @@
 """Files in and out: atomic writes, model files, JSON. Stages use these; engines never do."""
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -69,3 +70,15 @@ def load_model(path: str | Path, like: eqx.Module) -> eqx.Module:
             f"{path}: cannot be read as this spec's model ({type(err).__name__}: {err}); "
             "was it written by another spec, or truncated?"
         ) from None
+
+
+def md5_file(path: str | Path) -> str:
+    """MD5 of a file's bytes: DVC 3's `hash: md5` of a file (no newline conversion)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (identifies, e.g., the Inception weights of FID statistics)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from drlx.io import write_json
+from drlx.io import md5_file, sha256_file, write_json
 
 LEDGER_VERSION = 1
 LEDGER_DIR = "ledger"
@@ -42,15 +42,6 @@ STAGES_READING_DATASET = ("prepare",)  # stages that read spec.data.path; they h
 
 
 # ----------------------------------------------------------------------------- hashing (DVC md5)
-
-
-def md5_file(path: str | Path) -> str:
-    """MD5 of a file's bytes: DVC 3's `hash: md5` of a file (no newline conversion)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dvc_ignore(root: str | Path) -> Callable[[str, bool], bool]:
@@ -106,14 +97,6 @@ def md5_path(path: str | Path, root: str | Path = ".") -> dict:
     listing = json.dumps(entries, sort_keys=True).encode()
     md5 = hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
     return {"md5": md5, "size": size, "nfiles": len(entries)}
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 LONG_LIST = 32  # longer lists of numbers (traces, histories) are recorded by their digest

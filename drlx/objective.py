@@ -1,4 +1,4 @@
-"""The recovery-likelihood objective (REFERENCE section 5).
+"""The recovery-likelihood objective (docs/method.md §5.1).
 
 Its gradient in theta is sum_i w_{t_i} (grad g(y-_i, t_i) - grad g(y+_i, t_i)) / N, the
 maximum-likelihood gradient of each conditional EBM with y- standing in for its samples; no
@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from drlx.energy import EnergyNetwork
+from drlx.models.base import AbstractEnergyNetwork
 
 
 def recovery_likelihood_terms(
-    network: EnergyNetwork,
+    network: AbstractEnergyNetwork,
     y_pos: Float[Array, " N *D"],
     y_neg: Float[Array, " N *D"],
     t: Int[Array, " N"],
@@ -33,7 +33,7 @@ def recovery_likelihood_terms(
 
 
 def recovery_likelihood_loss(
-    network: EnergyNetwork,
+    network: AbstractEnergyNetwork,
     y_pos: Float[Array, " N *D"],
     y_neg: Float[Array, " N *D"],
     t: Int[Array, " N"],

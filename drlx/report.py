@@ -19,7 +19,7 @@ from drlx.audit import Auditor, Result
 from drlx.io import atomic_path
 from drlx.ledger import LEDGER_DIR, read_metrics
 
-# REFERENCE.md section 8: (system, data, metric, metric keys we write, paper value, our spec).
+# docs/method.md §10: (system, data, metric, metric keys we write, paper value, our spec).
 PAPER = (
     ("DRL T6", "CIFAR-10 32x32", "FID", "fid", 9.58, "cifar10_t6"),
     ("DRL T6", "CIFAR-10 32x32", "IS", "inception_score", 8.30, "cifar10_t6"),
@@ -144,8 +144,8 @@ def build_report(root: str | Path = ".", out: str | Path = "reports") -> tuple[P
         here = f"{_fmt(ours.value)} ({ours.status})" if ours else "not run here"
         rows.append((system, data, metric, f"{paper:g}", spec or "no spec", here))
     head = ("system", "data", "metric", "paper", "our spec", "ours (audit)")
-    md += ["## Paper results (REFERENCE.md section 8)", "", *_md_table(head, rows), ""]
-    body += ["<h2>Paper results (REFERENCE.md section 8)</h2>", _html_table(head, rows)]
+    md += ["## Paper results (docs/method.md §10)", "", *_md_table(head, rows), ""]
+    body += ["<h2>Paper results (docs/method.md §10)</h2>", _html_table(head, rows)]
 
     rows = [
         (name, what, _fmt(n.value), n.status)

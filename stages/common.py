@@ -14,9 +14,10 @@ import atexit
 import os
 import sys
 
+from drlx.build import build
+from drlx.experiment import Experiment
 from drlx.ledger import StageRun
 from drlx.spec import SpecError, load_spec
-from drlx.spec.build import Experiment, build
 
 _run: StageRun | None = None
 

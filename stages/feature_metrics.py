@@ -8,10 +8,10 @@ from drlx.evaluate.digits_features import (
     class_share_arrays,
     classifier_from_arrays,
     digits_metrics,
+    require_digits,
 )
 from drlx.evaluate.plots import class_shares_bars
 from drlx.io import read_arrays, write_json
-from drlx.spec.data import DigitsData
 
 
 def main() -> None:
@@ -23,20 +23,14 @@ def main() -> None:
     p.add_argument("--plot", required=True, help="output: class shares, samples vs held-out (PNG)")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    spec = exp.spec
-    if not isinstance(spec.data, DigitsData):
-        raise ValueError(
-            f"{args.spec}: data.kind is {spec.data.kind!r}; feature metrics are for digits specs"
-        )
+    require_digits(exp.data, args.spec, "the feature_metrics stage")
     data = read_arrays(args.data, "heldout", "heldout_b")
     samples = read_arrays(args.samples, "samples")["samples"]
     extractor = classifier_from_arrays(read_arrays(args.features, *ARRAY_NAMES), args.features)
     metrics = digits_metrics(samples, data["heldout"], data["heldout_b"], extractor)
-    title = f"{spec.name}: class shares by the digits classifier"
+    title = f"{exp.name}: class shares by the digits classifier"
     class_shares_bars(args.plot, class_share_arrays(metrics), title)
-    write_json(
-        args.metrics, {"experiment": spec.name, "spec_hash": spec.scientific_hash(), **metrics}
-    )
+    write_json(args.metrics, {"experiment": exp.name, "spec_hash": exp.scientific_hash, **metrics})
 
 
 if __name__ == "__main__":

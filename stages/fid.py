@@ -4,10 +4,10 @@
 from common import load_experiment, parser, run_reporting_bad_input
 
 from drlx.evaluate.fid import inception_outputs, sample_metrics, to_uint8
-from drlx.evaluate.inception import file_sha256, load_inception, resolve_weights_path
-from drlx.io import read_arrays, write_json
+from drlx.evaluate.inception import load_inception, resolve_weights_path
+from drlx.io import read_arrays, sha256_file, write_json
 
-REFERENCE = ("mu", "sigma", "num_images", "kid_features", "weights_sha256")
+STATISTICS = ("mu", "sigma", "num_images", "kid_features", "weights_sha256")
 
 
 def run() -> None:
@@ -18,10 +18,9 @@ def run() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per Inception pass")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    spec = exp.spec
-    weights = resolve_weights_path(spec.evaluate.inception_weights)
-    reference = read_arrays(args.reference, *REFERENCE)
-    sha = file_sha256(weights)
+    weights = resolve_weights_path(exp.evaluate.inception_weights)
+    reference = read_arrays(args.reference, *STATISTICS)
+    sha = sha256_file(weights)
     if str(reference["weights_sha256"]) != sha:
         raise ValueError(
             f"{args.reference}: computed with other Inception weights (sha256 "
@@ -31,14 +30,14 @@ def run() -> None:
     if samples.ndim != 4 or samples.shape[-1] not in (1, 3):
         raise ValueError(f"{args.samples}: 'samples' has shape {samples.shape}; FID needs images")
     features, logits = inception_outputs(
-        load_inception(weights), to_uint8(samples), args.batch_size, spec.runtime.progress
+        load_inception(weights), to_uint8(samples), args.batch_size, exp.runtime.progress
     )
     metrics = sample_metrics(features, logits, reference)
     write_json(
         args.metrics,
         {
-            "experiment": spec.name,
-            "spec_hash": spec.scientific_hash(),
+            "experiment": exp.name,
+            "spec_hash": exp.scientific_hash,
             **metrics,
             "num_reference": int(reference["num_images"]),
             "inception_weights_sha256": sha,

@@ -4,8 +4,8 @@ stage's `train` split (the papers' protocol), a feature subset for KID, the weig
 from common import load_experiment, parser, run_reporting_bad_input
 
 from drlx.evaluate.fid import inception_outputs, reference_statistics, to_uint8
-from drlx.evaluate.inception import file_sha256, load_inception, resolve_weights_path
-from drlx.io import read_arrays, write_arrays
+from drlx.evaluate.inception import load_inception, resolve_weights_path
+from drlx.io import read_arrays, sha256_file, write_arrays
 
 
 def run() -> None:
@@ -16,16 +16,15 @@ def run() -> None:
     p.add_argument("--kid-features", type=int, default=5000, help="features kept for KID")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    spec = exp.spec
-    weights = resolve_weights_path(spec.evaluate.inception_weights)
+    weights = resolve_weights_path(exp.evaluate.inception_weights)
     train = read_arrays(args.data, "train")["train"]
     if train.ndim != 4 or train.shape[-1] not in (1, 3):
         raise ValueError(f"{args.data}: 'train' has shape {train.shape}; FID needs images")
     features, _ = inception_outputs(
-        load_inception(weights), to_uint8(train), args.batch_size, spec.runtime.progress
+        load_inception(weights), to_uint8(train), args.batch_size, exp.runtime.progress
     )
-    stats = reference_statistics(features, args.kid_features, spec.seed)
-    write_arrays(args.out, **stats, weights_sha256=file_sha256(weights))
+    stats = reference_statistics(features, args.kid_features, exp.seed)
+    write_arrays(args.out, **stats, weights_sha256=sha256_file(weights))
 
 
 if __name__ == "__main__":

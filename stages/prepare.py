@@ -2,7 +2,6 @@
 
 from common import load_experiment, parser
 
-from drlx.data.prepare import prepare_arrays
 from drlx.io import write_arrays
 
 
@@ -11,7 +10,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="output .npz with train/heldout/heldout_b")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    write_arrays(args.out, **prepare_arrays(exp.spec.data, exp.spec.seed))
+    write_arrays(args.out, **exp.data.splits(exp.seed))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,8 @@
 from common import load_experiment, parser
 
 from drlx.evaluate.plots import samples_figure
-from drlx.io import load_model, read_arrays, write_arrays
-from drlx.samplers.many import sample_many
-from drlx.sharding import make_mesh
+from drlx.io import read_arrays, write_arrays
+from drlx.samplers.many import sample
 
 
 def main() -> None:
@@ -16,21 +15,10 @@ def main() -> None:
     p.add_argument("--plot", required=True, help="output: samples next to held-out data (PNG)")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    spec = exp.spec
-    network = load_model(args.model, exp.init_network())
-    samples = sample_many(
-        exp.ebm(network),
-        exp.eval_sampler,
-        exp.key("sample"),
-        spec.evaluate.num_samples,
-        exp.shape,
-        min(spec.runtime.sample_batch_size, spec.evaluate.num_samples),
-        spec.runtime.progress,
-        make_mesh(spec.runtime.devices),
-    )
+    samples = sample(exp, exp.load_network(args.model))
     write_arrays(args.out, samples=samples)
     heldout = read_arrays(args.data, "heldout")["heldout"][: len(samples)]
-    samples_figure(args.plot, heldout, samples, f"{spec.name}: held-out data vs model samples")
+    samples_figure(args.plot, heldout, samples, f"{exp.name}: held-out data vs model samples")
 
 
 if __name__ == "__main__":

@@ -18,15 +18,15 @@ def main() -> None:
     args = p.parse_args()
     exp = load_experiment(args.spec)
     train = read_arrays(args.data, "train")["train"]
-    checkpointer = Checkpointer(args.checkpoints, exp.spec.training_hash())
-    state, history = fit(exp, train, checkpointer, progress=exp.spec.runtime.progress)
+    checkpointer = Checkpointer(args.checkpoints, exp.training_hash)
+    state, history = fit(exp, train, checkpointer, progress=exp.runtime.progress)
     save_model(args.model, state.ema)
     write_json(args.history, history)
     loss_curve(
         args.plot,
         [h["step"] for h in history],
         [h["loss"] for h in history],
-        f"{exp.spec.name}: recovery-likelihood loss",
+        f"{exp.name}: recovery-likelihood loss",
     )
 
 

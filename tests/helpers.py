@@ -11,6 +11,8 @@ import numpy as np
 import yaml
 from jaxtyping import Array
 
+from drlx.models.base import AbstractEnergyNetwork
+
 # A complete spec with no `extends` (every block spelled out), used to make broken variants.
 FULL_SPEC = """\
 name: test_spec
@@ -64,7 +66,17 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-class QuadraticEnergy(eqx.Module):
+class AbstractFixedNetwork(AbstractEnergyNetwork):
+    """A test network without spectral norms or precomputation: only embed and energy left."""
+
+    def power_iteration(self):
+        return self
+
+    def precompute(self):
+        return self
+
+
+class QuadraticEnergy(AbstractFixedNetwork):
     """g(y, t) = -k_t ||y - m||^2 / (2 v), with k_t the EBM's output scale (`g_scale`): the
     level's log-density g / k_t is N(m, v I), so with the tether p(y | x~) is Gaussian with
     precision 1/v + 1/sigma^2 (1/v at the untethered top level)."""
@@ -80,19 +92,13 @@ class QuadraticEnergy(eqx.Module):
         (k,) = context
         return -k * jnp.sum((y - self.mean) ** 2, axis=-1) / (2.0 * self.var)
 
-    def __call__(self, y: Array, t: Array) -> Array:
-        return self.energy(y, self.embed(t))
-
-    def precompute(self):  # nothing to precompute (the network interface)
-        return self
-
 
 def random_mlp(key, dim: int = 2, width: int = 16, depth: int = 2, fourier_features: int = 0):
     """A small MLPEnergy whose read-out is random rather than zero, so that g depends on every
     parameter (drlx initialises the read-out at zero, which makes g identically 0)."""
     import jax
 
-    from drlx.models import MLPEnergy
+    from drlx.models.mlp import MLPEnergy
 
     k_net, k_w, k_b = jax.random.split(key, 3)
     net = MLPEnergy(

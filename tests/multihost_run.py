@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from drlx.build import build
 from drlx.data.pipeline import batch_iterator
 from drlx.sharding import check_process_order, make_mesh, process_rows, shard_local_batch, to_host
 from drlx.spec import load_spec
-from drlx.spec.build import build
 from drlx.train.fit import fit
 
 NUM_PROCESSES, BATCH, STEPS = 2, 8, 3

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from helpers import tiny_toy_spec
 
+from drlx.build import build
 from drlx.spec import load_spec
-from drlx.spec.build import build
 from drlx.train.checkpoint import Checkpointer
 from drlx.train.loop import NonFiniteLossError, train_loop
 from drlx.train.step import init_state
@@ -87,7 +87,7 @@ def _bump(state, value):
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path: Path, small):
     exp, state = small
     key = exp.key("train")
-    ckpt = Checkpointer(tmp_path / "ck", exp.spec.training_hash())
+    ckpt = Checkpointer(tmp_path / "ck", exp.training_hash)
     first = eqx.tree_at(lambda s: s.step, state, jnp.asarray(10, jnp.int32))
     second = eqx.tree_at(lambda s: s.step, _bump(state, 1.0), jnp.asarray(20, jnp.int32))
     ckpt.save(first, {"next_index": 10}, [{"step": 10}], key)
@@ -103,7 +103,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path: Path, small)
     raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
     biggest.write_bytes(bytes(raw))
     with pytest.warns(UserWarning, match="unusable"):
-        got = Checkpointer(tmp_path / "ck", exp.spec.training_hash()).restore(state, key)
+        got = Checkpointer(tmp_path / "ck", exp.training_hash).restore(state, key)
     assert int(got.state.step) == 10 and got.history == [{"step": 10}]
     leaves = jax.tree.leaves(eqx.filter(got.state, eqx.is_inexact_array))
     for a, b in zip(leaves, jax.tree.leaves(eqx.filter(first, eqx.is_inexact_array)), strict=True):
@@ -114,7 +114,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path: Path, small)
         if p.is_file():
             p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
     with pytest.warns(UserWarning):
-        assert Checkpointer(tmp_path / "ck", exp.spec.training_hash()).restore(state, key) is None
+        assert Checkpointer(tmp_path / "ck", exp.training_hash).restore(state, key) is None
 
 
 def test_another_spec_never_resumes_a_stale_run(tmp_path: Path, small):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import AbstractFixedNetwork
 from jaxtyping import Array
 
 from drlx.density.ais import AISSettings
@@ -14,12 +15,12 @@ from drlx.density.levels import TopBase, conditional_log_z
 from drlx.density.quadrature import conditional_log_z_grid
 from drlx.diffusion import drl_linear_schedule
 from drlx.energy import ConditionalEBM
-from drlx.models import MLPEnergy
+from drlx.models.mlp import MLPEnergy
 
 DIM = 2
 
 
-class QuadraticLevels(eqx.Module):
+class QuadraticLevels(AbstractFixedNetwork):
     """g(y, t) = -k_t ||y - c_t||^2 / (2 w_t): level t's f = g / k_t is N(c_t, w_t I) up to a
     constant, with a centre and a variance of its own per level."""
 
@@ -33,12 +34,6 @@ class QuadraticLevels(eqx.Module):
     def energy(self, y, context):
         c, w, k = context
         return -k * jnp.sum((y - c) ** 2, axis=-1) / (2.0 * w)
-
-    def __call__(self, y, t):
-        return self.energy(y, self.embed(t))
-
-    def precompute(self):  # nothing to precompute (the network interface)
-        return self
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +134,7 @@ def random_leaky_mlp(key, width=32, amplitude=3.0):
     return eqx.tree_at(lambda n: n.readout.weight, net, w)
 
 
-class ConfinedTop(eqx.Module):
+class ConfinedTop(AbstractFixedNetwork):
     """A network plus -k ||y||^2 / 2 at the top level, so that level's exp(f) is a proper
     density (a random leaky-ReLU network alone grows linearly and need not be integrable)."""
 
@@ -153,12 +148,6 @@ class ConfinedTop(eqx.Module):
     def energy(self, y, context):
         inner, k = context
         return self.net.energy(y, inner) - k * jnp.sum(y**2, axis=-1) / 2.0
-
-    def __call__(self, y, t):
-        return self.energy(y, self.embed(t))
-
-    def precompute(self):  # nothing to precompute (the network interface)
-        return self
 
 
 def test_ais_matches_quadrature_on_a_random_2d_mlp(schedule):

@@ -1,4 +1,4 @@
-"""Noise schedules and the forward process against REFERENCE sections 2-5.
+"""Noise schedules and the forward process against docs/method.md §2, §4.1 and §5.2.
 
 Schedules are stored as float32, so comparisons with the float64 recomputations below use
 relative tolerances of 1e-6 (float32 resolution is 6e-8; a few roundings stack up).
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from drlx.build import loss_weights
 from drlx.diffusion import (
     cosine_logsnr_schedule,
     drl_linear_schedule,
@@ -18,10 +19,9 @@ from drlx.diffusion import (
     q_sample_pair,
 )
 from drlx.keys import example_keys
-from drlx.spec.build import loss_weights
 
 F32_RTOL = 1e-6
-REF_T6_SIGMABAR = [0.0100, 0.3238, 0.5862, 0.7785, 0.8980, 0.9603, 0.99998]  # REFERENCE sec. 4
+REF_T6_SIGMABAR = [0.0100, 0.3238, 0.5862, 0.7785, 0.8980, 0.9603, 0.99998]  # docs/method.md §2.3
 
 
 def np64(v) -> np.ndarray:
@@ -29,7 +29,7 @@ def np64(v) -> np.ndarray:
 
 
 def drl_reference(num_levels: int, beta_start: float, beta_end: float, n: int) -> dict:
-    """REFERENCE section 2 written out with Python floats, one product at a time."""
+    """docs/method.md §2.3 written out with Python floats, one product at a time."""
     betas = [beta_start + (beta_end - beta_start) * k / (n - 1) for k in range(n)]
     idx = [i * (n // ((num_levels - 1) * 2)) for i in range(num_levels)] + [n - 1]
     a = [math.sqrt(1.0 - betas[0])]

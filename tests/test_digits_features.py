@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_stage_errors import PYTHON, REPO
 
+from drlx.build import build_data
 from drlx.data import images
-from drlx.data.prepare import prepare_arrays
 from drlx.evaluate import digits_features as dfe
 from drlx.evaluate.feature_metrics import feature_frechet_distance
 from drlx.io import read_arrays, write_arrays
@@ -40,7 +40,7 @@ def test_labels_follow_the_images_and_leave_the_split_unchanged():
         rows = indexed[f"{name}_labels"]
         np.testing.assert_array_equal(images.to_model_space(pixels[rows]), plain[name])
         np.testing.assert_array_equal(with_labels[f"{name}_labels"], labels[rows])
-    prepared = prepare_arrays(DigitsData(kind="digits", num_heldout=NUM_HELDOUT), 3)
+    prepared = build_data(DigitsData(kind="digits", num_heldout=NUM_HELDOUT)).splits(3)
     assert set(prepared) == set(with_labels)
     for name, array in with_labels.items():
         np.testing.assert_array_equal(prepared[name], array)

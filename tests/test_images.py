@@ -7,11 +7,10 @@ import pytest
 from helpers import BATCHES, cifar_records, write_tar
 from PIL import Image
 
+from drlx.build import build_data
 from drlx.data import images
 from drlx.data.pipeline import batch_iterator
-from drlx.data.prepare import prepare_arrays
 from drlx.spec import data as data_spec
-from drlx.spec.build import data_shape
 
 RECORD = 3073
 
@@ -39,7 +38,7 @@ def test_cifar10_reads_exact_pixels_labels_and_channel_order(cifar):
 
 def test_cifar10_prepare_splits_train_and_test_halves(cifar):
     path, truth = cifar
-    arrays = prepare_arrays(data_spec.Cifar10Data(kind="cifar10", path=str(path)), seed=0)
+    arrays = build_data(data_spec.Cifar10Data(kind="cifar10", path=str(path))).splits(0)
     assert {k: v.shape for k, v in arrays.items()} == {
         "train": (100, 32, 32, 3),
         "heldout": (10, 32, 32, 3),
@@ -155,7 +154,7 @@ def test_digits_shape_range_labels_and_split():
     assert x.shape == (1797, 8, 8, 1) and x.dtype == np.uint8
     assert x.min() == 0 and x.max() == 255 and set(np.unique(y)) == set(range(10))
     spec = data_spec.DigitsData(kind="digits")
-    a, b = prepare_arrays(spec, seed=1), prepare_arrays(spec, seed=1)
+    a, b = build_data(spec).splits(1), build_data(spec).splits(1)
     assert {k: v.shape[0] for k, v in a.items()} == {
         "train": 1203,
         "heldout": 297,
@@ -165,7 +164,7 @@ def test_digits_shape_range_labels_and_split():
         "heldout_b_labels": 297,
     }
     assert all(np.array_equal(a[k], b[k]) for k in a)  # fixed by the seed
-    assert not np.array_equal(prepare_arrays(spec, seed=2)["heldout"], a["heldout"])
+    assert not np.array_equal(build_data(spec).splits(2)["heldout"], a["heldout"])
     # A partition: the splits together hold every image exactly once (as a multiset of rows).
     union = np.concatenate([a[k] for k in ("train", "heldout", "heldout_b")]).reshape(1797, -1)
     full = images.to_model_space(x).reshape(1797, -1)
@@ -193,7 +192,8 @@ def test_image_specs_parse_and_shapes(tmp_path):
     }
     for raw, shape, flip in specs.values():
         spec = adapter.validate_python(raw)
-        assert data_shape(spec) == shape and spec.flip is flip
+        source = build_data(spec)
+        assert source.shape == shape and source.flip is flip
     bad = [
         {"kind": "digits", "path": "x"},  # extra key
         {"kind": "image_folder", "path": "x", "size": 0},
@@ -210,7 +210,7 @@ def test_image_specs_parse_and_shapes(tmp_path):
     spec = adapter.validate_python(
         {"kind": "npz", "path": str(tmp_path / "d.npz"), "shape": [6, 6, 3], "num_heldout": 5}
     )
-    arrays = prepare_arrays(spec, seed=0)
+    arrays = build_data(spec).splits(0)
     assert arrays["train"].shape == (20, 6, 6, 3) and np.all(arrays["train"] == -1)
 
 

@@ -10,14 +10,14 @@ with stationary variance V_s = n^2 h / (1 - c^2), so at stationarity in D dimens
 Monte Carlo tolerances are Z = 5 standard errors; keys are fixed, so each check is deterministic.
 """
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import FULL_SPEC, replace_once, write
+from helpers import FULL_SPEC, AbstractFixedNetwork, replace_once, write
 from jaxtyping import Array
 
+from drlx.build import build
 from drlx.density.longrun import (
     drift_verdict,
     long_run,
@@ -31,12 +31,11 @@ from drlx.keys import example_keys
 from drlx.samplers.many import sample_many
 from drlx.samplers.ula import ULA
 from drlx.spec import load_spec
-from drlx.spec.build import build
 
 Z = 5.0
 
 
-class LevelQuadratic(eqx.Module):
+class LevelQuadratic(AbstractFixedNetwork):
     """g(y, t) = -k_t ||y - m_t||^2 / (2 v_t): level t's log-density is N(m_t, v_t I)."""
 
     mean: Array  # (T, D)
@@ -49,12 +48,6 @@ class LevelQuadratic(eqx.Module):
     def energy(self, y, context):
         k, m, v = context
         return -k * jnp.sum((y - m) ** 2, axis=-1) / (2.0 * v)
-
-    def __call__(self, y, t):
-        return self.energy(y, self.embed(t))
-
-    def precompute(self):  # nothing to precompute (the network interface)
-        return self
 
 
 def f64(v) -> np.ndarray:
@@ -69,6 +62,11 @@ def gaussian_conditional(schedule, mean, var, level, x_tilde):
     mu = (mean / var + tau * x_tilde / sig2) / prec
     const = -np.sum((mu - mean) ** 2) / (2 * var) - tau * np.sum((mu - x_tilde) ** 2) / (2 * sig2)
     return prec, mu, const
+
+
+def run_long(exp, ebm, key, heldout, heldout_b):
+    """The density stage's long run of an experiment (its sampler, settings and shape)."""
+    return long_run(ebm, exp.eval_sampler, exp.long_run, exp.shape, key, heldout, heldout_b)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +225,7 @@ def test_long_run_stable_chain_stays(tmp_path, heldout):
     )  # fmt: skip
     ebm = exp.ebm(exact_network(exp))
     key = exp.key("sample")
-    metrics, traces = long_run(exp, ebm, key, *heldout)
+    metrics, traces = run_long(exp, ebm, key, *heldout)
     assert metrics["verdict"] == "stays", metrics
     assert metrics["horizons"] == [30, 130, 1030] and metrics["levels"] == [0, 5]
     np.testing.assert_array_equal(traces["step"], np.arange(30, 1031, 100))
@@ -252,13 +250,13 @@ def test_long_run_flags_drift_and_divergence(tmp_path, heldout):
         long_run_chains=256,
     )  # fmt: skip
     key = exp.key("sample")
-    metrics, traces = long_run(exp, exp.ebm(exact_network(exp, (1.5, 1.5), 0.2)), key, *heldout)
+    metrics, traces = run_long(exp, exp.ebm(exact_network(exp, (1.5, 1.5), 0.2)), key, *heldout)
     per = metrics["level_0"]
     assert per["verdict"] == "drifts" and metrics["verdict"] == "drifts", per
     assert per["swd_ratio_end_over_start"] > 3.0
     mean = traces["mean"][:, 0]  # level 0, (records, 2): moved from the data's 0 to the mode
     assert np.all(np.abs(mean[0]) < 0.1) and np.all(mean[-1] > 0.4), mean
-    metrics, traces = long_run(exp, exp.ebm(exact_network(exp, var0=-0.002)), key, *heldout)
+    metrics, traces = run_long(exp, exp.ebm(exact_network(exp, var0=-0.002)), key, *heldout)
     per = metrics["level_0"]
     assert per["verdict"] == "diverged" and per["nonfinite_chains"] > 0, per
     assert per["at_2030"]["swd_ratio"] is None and np.isfinite(per["at_30"]["swd_ratio"])
@@ -270,7 +268,7 @@ def test_bad_levels_and_horizons_are_named(tmp_path):
 
     exp = experiment(tmp_path, long_run_levels="[0, 6]")
     with pytest.raises(ValueError, match=r"density.long_run_levels.*\[6\]"):
-        long_run(
+        run_long(
             exp, exp.ebm(exact_network(exp)), exp.key("sample"), np.zeros((4, 2)), np.zeros((4, 2))
         )
     with pytest.raises(SpecError, match="long_run_horizons"):

@@ -1,4 +1,4 @@
-"""The recovery-likelihood objective and one training step (REFERENCE section 5)."""
+"""The recovery-likelihood objective and one training step (docs/method.md §5)."""
 
 import equinox as eqx
 import jax
@@ -8,11 +8,11 @@ import optax
 import pytest
 from helpers import random_mlp
 
+from drlx.build import build_optimizer, loss_weights
 from drlx.diffusion import drl_linear_schedule
 from drlx.energy import ConditionalEBM
 from drlx.objective import recovery_likelihood_loss, recovery_likelihood_terms
 from drlx.samplers.ula import ULA
-from drlx.spec.build import build_optimizer, loss_weights
 from drlx.spec.train import Train
 from drlx.train.loop import CHAIN_DIVERGED_ABS
 from drlx.train.step import init_state, make_train_step

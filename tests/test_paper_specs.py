@@ -10,10 +10,9 @@ import pytest
 from helpers import BATCHES, cifar_records, write_tar
 from PIL import Image
 
-from drlx.data.prepare import prepare_arrays
+from drlx.build import build, build_data
 from drlx.samplers.many import sample_many
 from drlx.spec import ExperimentSpec, load_raw
-from drlx.spec.build import build
 from drlx.train.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +55,7 @@ def test_paper_spec_runs_two_iterations(name: str, tmp_path: Path):
     spec = ExperimentSpec.model_validate(_merge(raw, {**SHRINK, "data": data_over}))
     assert spec.diffusion == paper.diffusion and spec.objective == paper.objective
     exp = build(spec)
-    arrays = prepare_arrays(spec.data, spec.seed)
+    arrays = build_data(spec.data).splits(spec.seed)
     assert arrays["train"].shape[1:] == exp.shape and arrays["train"].dtype == np.float32
     state, history = fit(exp, arrays["train"], progress=False)
     assert int(state.step) == 2 and np.isfinite(history[-1]["loss"])

@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 from drlx.audit import Auditor
 from drlx.cli import app
-from drlx.ledger import md5_file
+from drlx.io import md5_file
 from drlx.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]

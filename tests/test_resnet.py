@@ -1,4 +1,4 @@
-"""Spectral normalization and the image energy network (REFERENCE section 6)."""
+"""Spectral normalization and the image energy network (docs/method.md §6)."""
 
 import equinox as eqx
 import jax
@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drlx.models import MLPEnergy, ResNetEnergy
+from drlx.build import network_factory
 from drlx.models.layers import Conv2d, Dense, conv2d, spectral_norm_estimate, weight_matrix
-from drlx.models.resnet import ResidualBlock
-from drlx.spec.build import build_network
+from drlx.models.mlp import MLPEnergy
+from drlx.models.resnet import ResidualBlock, ResNetEnergy
 from drlx.spec.model import ResNetEnergy as ResNetSpec
 
 LAYERS = {
@@ -163,7 +163,7 @@ def test_build_from_spec_and_mlp_interface(key):
     spec = ResNetSpec(
         kind="resnet", width=8, blocks_per_resolution=2, channel_mults=(1, 2), embed_dim=16
     )
-    net = build_network(spec, (8, 8, 1), key)
+    net = network_factory(spec, (8, 8, 1))(key)
     assert isinstance(net, ResNetEnergy) and [len(s) for s in net.stages] == [2, 2]
     assert all(b.conv1.u is not None for s in net.stages for b in s)
     # the network's power_iteration advances every u and nothing else

@@ -25,29 +25,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from drlx.batch import broadcast_to_example, sum_squares
+from drlx.settings import AISSettings
 
 Target = Callable[[Array], tuple[Array, Array]]  # y (M, *D) -> (log pi_1 (M,), grad (M, *D))
 
 _ADAPT_RATE = 0.5  # log step-size change per unit of (acceptance - target)
-
-
-class AISSettings(NamedTuple):
-    """How hard AIS works (static under jit).
-
-    Attributes:
-        num_chains: chains per problem; the estimate is their log-mean-exp.
-        num_temperatures: K, the number of rises of beta from 0 to 1.
-        kernel_steps: MALA steps after each rise.
-        base_proposals: follow each MALA step by an independence proposal from the base (one
-            more network evaluation; worth it in low dimension, useless in high).
-        target_acceptance: the acceptance rate each problem's step size is steered to.
-    """
-
-    num_chains: int
-    num_temperatures: int
-    kernel_steps: int = 1
-    base_proposals: bool = True
-    target_acceptance: float = 0.65
 
 
 class AISResult(NamedTuple):
@@ -57,8 +39,6 @@ class AISResult(NamedTuple):
     log_z_se: Float[Array, " N"]
     acceptance: Float[Array, " N"]
     log_w: Float[Array, " N C"]
-
-
 
 
 def gaussian_log_density(y: Array, mean: Array, std: Array) -> Array:

@@ -1,4 +1,4 @@
-"""The variational bound on log p(x_0) over the diffusion path (REFERENCE section 7).
+"""The variational bound on log p(x_0) over the diffusion path (docs/method.md §7.4).
 
 The model is p(x_{T-1}) prod_{t<T-1} p(x_t | x_{t+1}), the forward process
 q(x_{t+1} | x_t) = N(a_{t+1} x_t, sigma_{t+1}^2 I), and

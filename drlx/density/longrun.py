@@ -1,4 +1,4 @@
-"""Long-run chains: do the conditional chains stay on the data (REFERENCE section 7)?
+"""Long-run chains: do the conditional chains stay on the data (docs/method.md §7.6)?
 
 Generation runs each level's chain for K steps. Here the chain that produced x_t is continued far
 beyond K: tether x~ fixed at the generated x_{t+1}, start y = a_{t+1} x_t (the state generation
@@ -25,12 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from drlx.batch import broadcast_to_example
 from drlx.energy import ConditionalEBM
 from drlx.evaluate.toy import sample_quality
 from drlx.keys import example_keys, fold_each, named_key, per_example_normal
 from drlx.progress import progress_bar
+from drlx.samplers.base import AbstractSampler
 from drlx.samplers.progressive import generate
-from drlx.samplers.ula import broadcast_to_example
+from drlx.settings import LongRunSettings
 
 RULE = (
     "per level: diverged if any chain state is not finite at the last horizon; drifts if "
@@ -197,20 +199,24 @@ def _clean(v: float) -> float | None:
 
 
 def long_run(
-    exp,
     ebm: ConditionalEBM,
+    sampler: AbstractSampler,
+    settings: LongRunSettings,
+    shape: tuple[int, ...],
     key: PRNGKeyArray,
     heldout: np.ndarray,
     heldout_b: np.ndarray,
     progress: bool = False,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Generate samples, continue each chosen level's chain for density.long_run_steps more.
+    """Generate samples, continue each chosen level's chain for settings.steps more.
 
     Arguments:
-        exp: the built experiment (eval sampler, spec's density and evaluate blocks, shape).
         ebm: the conditional EBMs (EMA weights).
-        key: the sampling key; pass exp.key("sample") to continue exactly the first
-            long_run_chains samples of the sample stage.
+        sampler: the evaluation sampler (generation's chain, continued).
+        settings: chains, levels, length, thinning, horizons, drift threshold.
+        shape: the shape of one example.
+        key: the sampling key; pass the sample stage's key to continue exactly its first
+            `settings.chains` samples.
         heldout: held-out data (N, *shape), the reference of sample_quality.
         heldout_b: a second held-out draw, for the floor.
         progress: show a progress bar.
@@ -221,15 +227,13 @@ def long_run(
             plus horizon, level, log_prob_mean, log_prob_quantiles, swd_ratio (H, L),
             mmd2 (H, L), samples (H, L, N, *shape), reference (L, N, *shape)).
     """
-    spec = exp.spec.density
-    sampler = exp.eval_sampler
-    k, end, n = sampler.num_steps, spec.long_run_steps, spec.long_run_chains
+    k, end, n = sampler.num_steps, settings.steps, settings.chains
     num_levels = ebm.schedule.num_levels
-    levels = check_levels(spec.long_run_levels, num_levels)
-    horizons = [k, *(k + h for h in sorted(set(spec.long_run_horizons))), k + end]
+    levels = check_levels(settings.levels, num_levels)
+    horizons = [k, *(k + h for h in sorted(set(settings.horizons))), k + end]
 
     # start: x_{t+1} (tether) and x_t of the generated samples; stack[i] = x_{T-1-i}
-    x_top, stack = _generate(ebm, sampler, key, jnp.arange(n), exp.shape)
+    x_top, stack = _generate(ebm, sampler, key, jnp.arange(n), shape)
     xs = [stack[num_levels - 1 - t] for t in range(num_levels)] + [x_top]
     t = jnp.repeat(jnp.asarray(levels, jnp.int32), n)
     tether = jnp.concatenate([xs[lv + 1] for lv in levels])
@@ -238,24 +242,24 @@ def long_run(
     run_key = named_key(key, "long_run")
     keys = jnp.concatenate([example_keys(jax.random.fold_in(run_key, lv), n) for lv in levels])
     states, trace = run_long_chains(
-        ebm, sampler, tether, y0, t, keys, k, horizons, spec.long_run_thin, len(levels), progress
+        ebm, sampler, tether, y0, t, keys, k, horizons, settings.thin, len(levels), progress
     )
 
     a_out = np.asarray(ebm.schedule.a_out)
     ref_key = named_key(key, "long_run_reference")
     metrics: dict = {
-        "rule": RULE.format(threshold=spec.long_run_drift_ratio),
+        "rule": RULE.format(threshold=settings.drift_ratio),
         "generation_steps": k,
         "steps": end,
         "chains": n,
-        "thin": spec.long_run_thin,
+        "thin": settings.thin,
         "levels": levels,
         "horizons": horizons,
     }
     swd = np.full((len(horizons), len(levels)), np.nan)
     mmd = np.full_like(swd, np.nan)
-    samples = np.stack([s.reshape(len(levels), n, *exp.shape) for s in states])
-    samples = samples / a_out[np.asarray(levels) + 1].reshape(1, -1, *[1] * (1 + len(exp.shape)))
+    samples = np.stack([s.reshape(len(levels), n, *shape) for s in states])
+    samples = samples / a_out[np.asarray(levels) + 1].reshape(1, -1, *[1] * (1 + len(shape)))
     references = []
     row_of = {int(s): i for i, s in enumerate(trace["step"])}
     for j, lv in enumerate(levels):
@@ -266,7 +270,7 @@ def long_run(
         for i, h in enumerate(horizons):
             x = samples[i, j]
             if np.all(np.isfinite(x)):
-                q = sample_quality(x, ref, ref_b, exp.spec.evaluate.num_projections)
+                q = sample_quality(x, ref, ref_b, settings.num_projections)
                 swd[i, j], mmd[i, j] = q["sliced_wasserstein_ratio"], q["mmd2"]
                 per.setdefault("sliced_wasserstein_floor", q["sliced_wasserstein_floor"])
                 per.setdefault("mmd2_floor", q["mmd2_floor"])
@@ -282,7 +286,7 @@ def long_run(
         nonfinite = int(trace["nonfinite"][-1, j])
         per["nonfinite_chains"] = nonfinite
         per["swd_ratio_end_over_start"] = _clean(swd[-1, j] / swd[0, j])
-        per["verdict"] = drift_verdict(swd[0, j], swd[-1, j], nonfinite, spec.long_run_drift_ratio)
+        per["verdict"] = drift_verdict(swd[0, j], swd[-1, j], nonfinite, settings.drift_ratio)
         metrics[f"level_{lv}"] = per
     metrics["verdict"] = max((metrics[f"level_{lv}"]["verdict"] for lv in levels), key=_ORDER.index)
 
@@ -296,7 +300,7 @@ def long_run(
         "log_prob_quantiles": np.moveaxis(np.quantile(log_p, QUANTILES, axis=-1), 0, -1),
         "swd_ratio": swd,
         "mmd2": mmd,
-        "drift_ratio": np.asarray(spec.long_run_drift_ratio),
+        "drift_ratio": np.asarray(settings.drift_ratio),
         "samples": samples.astype(np.float32),
         "reference": np.stack(references).astype(np.float32),
     }

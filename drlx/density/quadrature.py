@@ -37,7 +37,7 @@ def _chunk(ebm, x_tilde, t, centre, half, resolution: int) -> QuadratureResult:
     # the level's part of the network once per problem, not once per grid point
     context = jax.tree.map(lambda c: jnp.repeat(c, m, axis=0), ebm.network.embed(t))
     rows = (jnp.repeat(x_tilde, m, axis=0), jnp.repeat(t, m), context)
-    values = ebm._log_prob(points.reshape(n * m, 2), *rows).reshape(n, m)
+    values = ebm.log_prob_in_context(points.reshape(n * m, 2), *rows).reshape(n, m)
     log_z = logsumexp(values, axis=1) + 2.0 * jnp.log(2.0 * half / resolution)
     edge = (jnp.abs(grid) > 1.0 - 1.0 / resolution).any(axis=1)
     log_edge = logsumexp(jnp.where(edge[None], values, -jnp.inf), axis=1)

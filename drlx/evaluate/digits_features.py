@@ -10,6 +10,9 @@ are ("fd_digits_features", not "fid"): they compare only with each other, and wi
 that a second held-out draw reaches.
 """
 
+import sys
+import time
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from drlx.data.sources import SPLITS, DataSource, Digits
 from drlx.evaluate.feature_metrics import (
     feature_frechet_distance,
     kernel_distance,
@@ -281,3 +285,45 @@ def class_share_arrays(metrics: dict[str, float]) -> dict[str, np.ndarray]:
         label: np.array([metrics[f"class_share_{name}_digit_{c}"] for c in range(NUM_CLASSES)])
         for label, name in (("model samples", "samples"), ("held-out data", "heldout"))
     }
+
+
+MIN_ACCURACY = 0.95  # below this the feature space is too poor to judge samples by
+
+
+def require_digits(data: DataSource, where: str, what: str) -> None:
+    """Refuse a data source other than the digits (`what` names the refusing stage)."""
+    if not isinstance(data, Digits):
+        raise ValueError(f"{where}: data.kind is {data.kind!r}; {what} is for digits specs only")
+
+
+def labelled_split_names() -> list[str]:
+    """The arrays of a prepared digits file the feature extractor needs: splits and labels."""
+    return [name for split in SPLITS for name in (split, f"{split}_labels")]
+
+
+def fit_feature_extractor(
+    data: dict[str, np.ndarray], key: PRNGKeyArray
+) -> tuple[DigitsClassifier, dict]:
+    """Train the classifier on the training split; report its accuracy on every split (a
+    warning if a held-out accuracy is under MIN_ACCURACY).
+
+    Arguments:
+        data: the prepared splits and their labels (`labelled_split_names`).
+        key: the randomness of initialisation and shuffling.
+
+    Returns:
+        The classifier and its metrics (sizes and accuracies).
+    """
+    started = time.perf_counter()
+    model = train_classifier(data["train"], data["train_labels"], key)
+    seconds = time.perf_counter() - started
+    scores = {f"{s}_accuracy": accuracy(model, data[s], data[f"{s}_labels"]) for s in SPLITS}
+    print(f"digits feature extractor: trained in {seconds:.1f} s, accuracy {scores}")
+    if min(scores["heldout_accuracy"], scores["heldout_b_accuracy"]) < MIN_ACCURACY:
+        print(f"warning: held-out accuracy below {MIN_ACCURACY}", file=sys.stderr)
+    metrics = {
+        "num_train": len(data["train"]),
+        "feature_dim": int(model.layers[-1].weight.shape[1]),
+        **scores,
+    }
+    return model, metrics

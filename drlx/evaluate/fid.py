@@ -1,6 +1,6 @@
 """FID, Inception Score and KID of image sets with the FID Inception-v3 (inception.py).
 
-The protocol of the papers (REFERENCE section 8): pool3 features of 8-bit images, Frechet
+The protocol of the papers (docs/method.md §8.3): pool3 features of 8-bit images, Frechet
 distance of their Gaussian fits against the training set's statistics (float64, stable matrix
 square root: drlx.evaluate.feature_metrics), IS over 10 splits from the softmax of the same
 network's 1008 logits, KID (Binkowski et al. 2018) against a subset of the reference features.

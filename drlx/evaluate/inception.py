@@ -30,8 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from drlx.ledger import sha256_file
-
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 NUM_CLASSES = 1008
@@ -527,10 +525,6 @@ def load_inception(path: str | os.PathLike) -> InceptionV3:
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     return inception_from_state_dict(tensors, str(path))
-
-
-# SHA-256 of a file's bytes (identifies the weights the statistics were computed with)
-file_sha256 = sha256_file
 
 
 def synthetic_state_dict(seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,9 +1,10 @@
-"""Sample quality and level-0 density of a 2D toy model."""
+"""Sample quality against held-out data, and the level-0 density of a model."""
+
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
 
-from drlx.data.toy2d import toy_log_density
 from drlx.energy import ConditionalEBM
 from drlx.evaluate.toy_metrics import mmd_rbf, sliced_wasserstein
 
@@ -40,9 +41,9 @@ def level0_log_density(ebm: ConditionalEBM, x: np.ndarray, chunk: int = 1000) ->
 
 
 def level0_density_grid(
-    ebm: ConditionalEBM, toy: str, resolution: int
+    ebm: ConditionalEBM, true_log_density: Callable[[np.ndarray], np.ndarray], resolution: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Learned level-0 log-density f(y, 0) and the true log-density of the toy, on a grid.
+    """Learned level-0 log-density f(y, 0) and the true log-density, on a grid of the plane.
 
     Returns:
         (axis, log_model, log_true): the grid axis and two (resolution, resolution) arrays.
@@ -50,6 +51,6 @@ def level0_density_grid(
     axis = np.linspace(-GRID_LIMIT, GRID_LIMIT, resolution)
     points = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
     log_model = level0_log_density(ebm, points)
-    log_true = toy_log_density(toy, points)
+    log_true = true_log_density(points)
     shape = (resolution, resolution)
     return axis, log_model.reshape(shape), log_true.reshape(shape)

@@ -38,17 +38,9 @@ def sinusoidal_embedding(t: Float[Array, " *B"], dim: int, max_period: float = 1
 
 
 # --- Channels-last convolution -------------------------------------------------------------------
-# Measured on the 2-core CPU this package targets (3x3, batch 64 at 32x32x32 and batch 16 at
-# 32x32x128): one batched `conv_general_dilated` in NHWC/HWIO (XLA:CPU runs it with Eigen) was
-# the fastest option; NCHW/OIHW was 0-25% slower, Equinox's Conv2d under vmap (XLA batches it
-# into one NCHW convolution) likewise, im2col or 9 shifted matmuls 3-8x slower and Winograd
-# F(2x2, 3x3) and F(4x4, 3x3) slower (F(4x4): 1.5-3x with the input gradient). 32-64-channel
-# convolutions ran on one core unless XLA_FLAGS has a YNN fusion type (drlx/_xla.py); XLA's
-# XNNPACK convolution (xnn/ynn fusion type individual_convolution) was slower still.
-# A 3-channel input convolution as one im2col matmul was 2.3x faster alone (64x32x32 3->32,
-# forward + input gradient: 6.7 -> 2.9 ms) but made no measurable difference to the whole
-# width-32 network's Langevin step (588 vs 590 sample-steps/s), so it is not used. See
-# benchmarks/bench_network.py for the network against PyTorch on the same machine.
+# One batched `conv_general_dilated` in NHWC/HWIO: the fastest layout on the CPU (the other
+# layouts, Equinox's Conv2d under vmap, im2col and Winograd were measured slower; see
+# benchmarks/results/network.json).
 
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -65,10 +57,9 @@ def flip_kernel(weight: Float[Array, " kh kw I O"]) -> Float[Array, " kh kw O I"
 
 def _conv_grads(x, weight, flipped, cotangent):
     # The input gradient of a stride-1 'SAME' convolution with an odd kernel is the same
-    # convolution with `flip_kernel(weight)`. Written out here because JAX's own transpose rule
-    # swaps the kernel's dimension labels (HWOI) and, inside a lax.scan (a Langevin chain),
-    # XLA:CPU then ran that convolution through its naive loop emitter instead of Eigen: 7x
-    # slower per step (0.31 vs 0.047 s, 64x32x32x32).
+    # convolution with `flip_kernel(weight)`. Written out because JAX's own transpose rule swaps
+    # the kernel's dimension labels (HWOI), which XLA:CPU runs through a slow loop emitter
+    # inside a lax.scan (a Langevin chain) instead of Eigen.
     dx = _conv_same(cotangent, flipped)
     _, weight_vjp = jax.vjp(lambda w: _conv_same(x, w), weight)  # dead code when unused
     (dw,) = weight_vjp(cotangent)
@@ -92,8 +83,8 @@ _conv.defvjp(
 @jax.custom_vjp
 def _conv_flipped(x: Array, weight: Array, flipped: Array) -> Array:
     """_conv with flip_kernel(weight) given: a chain flips its fixed kernels once, outside its
-    loop (XLA did not hoist the flip: ~4% of a full CIFAR network's Langevin step). flipped's
-    own cotangent is zero: it only stands for a function of weight."""
+    loop (XLA does not hoist the flip). flipped's own cotangent is zero: it only stands for a
+    function of weight."""
     return _conv_same(x, weight)
 
 
@@ -111,7 +102,7 @@ def conv2d(
 ) -> Float[Array, " N H W O"]:
     """Stride-1, 'SAME'-padded 2D convolution of a channels-last batch (cross-correlation).
 
-    Reverse-mode differentiable (custom VJP, see `_conv_bwd`); no forward mode (jvp).
+    Reverse-mode differentiable (custom VJP, see `_conv_grads`); no forward mode (jvp).
 
     Arguments:
         x: inputs (N, H, W, I).

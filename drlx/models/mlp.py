@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from drlx.models.base import AbstractEnergyNetwork
 from drlx.models.layers import ACTIVATIONS, sinusoidal_embedding
 
 
-class MLPEnergy(eqx.Module):
+class MLPEnergy(AbstractEnergyNetwork):
     """g(y, t) = <h_L(y, t), R act(temb(t))>, h_l = act(W_l h_{l-1} + U_l temb(t)).
 
     The level enters through a sinusoidal embedding mapped by a two-layer MLP (as in DRL's
@@ -89,14 +90,10 @@ class MLPEnergy(eqx.Module):
             h = self._act(h @ layer.weight.T + layer.bias + bias)
         return jnp.sum(h * read, axis=-1)
 
-    def __call__(self, y: Float[Array, " N D"], t: Int[Array, " N"]) -> Float[Array, " N"]:
-        """Network output g (a log-density up to scale) for a batch of vectors and levels."""
-        return self.energy(y, self.embed(t))
-
     def power_iteration(self) -> Self:
-        """No spectral normalization here: returns self (the interface of ResNetEnergy)."""
+        """No spectral normalization here: returns self."""
         return self
 
     def precompute(self) -> Self:
-        """Nothing to precompute for a chain: returns self (the interface of ResNetEnergy)."""
+        """Nothing to precompute for a chain: returns self."""
         return self

@@ -1,4 +1,4 @@
-"""DRL's image energy network (net_res_temb2, REFERENCE section 6), channels-last."""
+"""DRL's image energy network (net_res_temb2, docs/method.md §6.3), channels-last."""
 
 from typing import Self
 
@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from drlx.models.base import AbstractEnergyNetwork
 from drlx.models.layers import (
     Conv2d,
     Dense,
@@ -64,7 +65,7 @@ class ResidualBlock(eqx.Module):
         return h + (x if self.shortcut is None else self.shortcut(x))
 
 
-class ResNetEnergy(eqx.Module):
+class ResNetEnergy(AbstractEnergyNetwork):
     """g(y, t) = <sum_{space} relu(features(y, t)), Dense(act(temb(t)))> for NHWC images.
 
     Features: 3x3 conv in; per resolution `blocks_per_resolution` residual blocks of width
@@ -130,10 +131,6 @@ class ResNetEnergy(eqx.Module):
                 h = block(h, next(biases))
         features = jnp.sum(jax.nn.relu(h), axis=(1, 2))
         return jnp.sum(features * read, axis=-1)
-
-    def __call__(self, y: Float[Array, " N H W C"], t: Int[Array, " N"]) -> Float[Array, " N"]:
-        """Network output g (a log-density up to scale) for a batch of images and levels."""
-        return self.energy(y, self.embed(t))
 
     def power_iteration(self) -> Self:
         """A copy with every spectral-norm vector advanced by one power iteration."""

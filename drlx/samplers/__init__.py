@@ -1,20 +1,5 @@
-"""Langevin samplers (one algorithm per file) and progressive generation."""
+"""Langevin samplers behind `AbstractSampler` (base.py), one algorithm per file: ula.py, mala.py,
+underdamped.py; progressive generation from noise (progressive.py, many.py).
 
-from drlx.samplers.base import Sampler
-from drlx.samplers.mala import MALA, mala_step, target_from_log_prob
-from drlx.samplers.many import sample_many
-from drlx.samplers.progressive import generate, recover
-from drlx.samplers.ula import ULA
-from drlx.samplers.underdamped import Underdamped
-
-__all__ = [
-    "MALA",
-    "ULA",
-    "Sampler",
-    "Underdamped",
-    "generate",
-    "mala_step",
-    "recover",
-    "sample_many",
-    "target_from_log_prob",
-]
+Import from the modules themselves: this file imports nothing, so that code using one sampler
+does not depend on the others (the pipeline's dependencies are computed from imports)."""

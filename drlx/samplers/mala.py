@@ -14,7 +14,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from drlx.batch import broadcast_to_example, sum_squares
 from drlx.keys import fold_each, per_example_normal
-from drlx.samplers.ula import Target
+from drlx.samplers.base import AbstractSampler, Target
 
 
 def target_from_log_prob(log_prob: Callable[[Array], Array]) -> Target:
@@ -32,8 +32,6 @@ def target_from_log_prob(log_prob: Callable[[Array], Array]) -> Target:
         return values, grad
 
     return value_and_grad
-
-
 
 
 def mala_step(
@@ -90,7 +88,7 @@ def per_example_log_uniform(keys: PRNGKeyArray, tag: int | Array) -> Array:
     return jax.vmap(draw)(fold_each(keys, tag))
 
 
-class MALA(eqx.Module):
+class MALA(AbstractSampler):
     """num_steps MALA steps per chain, step s^2 per example; exact for any step size."""
 
     num_steps: int = eqx.field(static=True)

@@ -5,18 +5,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from drlx.energy import ConditionalEBM
+from drlx.experiment import Experiment
 from drlx.keys import per_example_normal
+from drlx.models.base import AbstractEnergyNetwork
 from drlx.progress import progress_bar
-from drlx.samplers.base import Sampler
+from drlx.samplers.base import AbstractSampler
 from drlx.samplers.progressive import generate
-from drlx.sharding import check_divisible, replicate, shard_batch, to_host
+from drlx.sharding import check_divisible, make_mesh, replicate, shard_batch, to_host
 
 
 @eqx.filter_jit
-def _chunk(ebm: ConditionalEBM, sampler: Sampler, key: PRNGKeyArray, index: jax.Array, shape):
+def _chunk(ebm: ConditionalEBM, sampler: AbstractSampler, key: PRNGKeyArray, index: Array, shape):
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
     # levels 0..T-1 fold in their index (in generate); the top noise folds in T
     x_top = per_example_normal(keys, ebm.schedule.num_levels, jnp.zeros((len(index), *shape)))
@@ -25,7 +27,7 @@ def _chunk(ebm: ConditionalEBM, sampler: Sampler, key: PRNGKeyArray, index: jax.
 
 def sample_many(
     ebm: ConditionalEBM,
-    sampler: Sampler,
+    sampler: AbstractSampler,
     key: PRNGKeyArray,
     num: int,
     shape: tuple[int, ...],
@@ -61,3 +63,30 @@ def sample_many(
         bar.update(min(chunk, num - start))
     bar.close()
     return np.concatenate(out)[:num]
+
+
+def sample(exp: Experiment, network: AbstractEnergyNetwork, num: int | None = None) -> np.ndarray:
+    """Samples x_0 of a trained experiment, from white noise down the levels with the
+    evaluation sampler: sample i uses fold_in(exp.key("sample"), i), so the first samples do
+    not change with `num`, the chunk size or the device count.
+
+    Arguments:
+        exp: the experiment.
+        network: its energy network (usually the EMA weights).
+        num: how many (default: the spec's evaluate.num_samples).
+
+    Returns:
+        (num, *shape) float32 samples.
+    """
+    num = exp.evaluate.num_samples if num is None else num
+    runtime = exp.runtime
+    return sample_many(
+        exp.ebm(network),
+        exp.eval_sampler,
+        exp.key("sample"),
+        num,
+        exp.shape,
+        min(runtime.sample_batch_size, num),
+        runtime.progress,
+        make_mesh(runtime.devices),
+    )

@@ -4,15 +4,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from drlx.batch import broadcast_to_example
 from drlx.energy import ConditionalEBM
 from drlx.keys import fold_each
-from drlx.samplers.base import Sampler
-from drlx.samplers.ula import broadcast_to_example
+from drlx.samplers.base import AbstractSampler
 
 
 def recover(
     ebm: ConditionalEBM,
-    sampler: Sampler,
+    sampler: AbstractSampler,
     x_next: Float[Array, " N *D"],
     t: Array,
     keys: PRNGKeyArray,
@@ -31,9 +31,9 @@ def recover(
 
 
 def generate(
-    ebm: ConditionalEBM, sampler: Sampler, x_top: Float[Array, " N *D"], keys: PRNGKeyArray
+    ebm: ConditionalEBM, sampler: AbstractSampler, x_top: Float[Array, " N *D"], keys: PRNGKeyArray
 ) -> tuple[Float[Array, " N *D"], Float[Array, " T N *D"]]:
-    """Walk from x_T down to x_0 (REFERENCE section 4, generation).
+    """Walk from x_T down to x_0 (docs/method.md §4.5).
 
     Arguments:
         ebm: the conditional EBMs of all T levels.

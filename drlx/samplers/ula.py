@@ -1,6 +1,4 @@
-"""Unadjusted Langevin dynamics (REFERENCE section 4), as a jitted lax.scan."""
-
-from collections.abc import Callable
+"""Unadjusted Langevin dynamics (docs/method.md §4.2), as a jitted lax.scan."""
 
 import equinox as eqx
 import jax
@@ -9,14 +7,10 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from drlx.batch import broadcast_to_example
 from drlx.keys import per_example_normal
-
-# target(y) -> (log p(y) per example, grad_y log p(y))
-Target = Callable[[Array], tuple[Array, Array]]
+from drlx.samplers.base import AbstractSampler, Target
 
 
-
-
-class ULA(eqx.Module):
+class ULA(AbstractSampler):
     """y <- y + (s^2 / 2) grad log p(y) + s * noise_scale * eps, for num_steps steps."""
 
     num_steps: int = eqx.field(static=True)

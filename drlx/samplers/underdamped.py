@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from drlx.batch import broadcast_to_example
 from drlx.keys import fold_each, per_example_normal
-from drlx.samplers.ula import Target, broadcast_to_example
+from drlx.samplers.base import AbstractSampler, Target
 
 ULD_SOLVERS = (diffrax.ALIGN, diffrax.QUICSORT, diffrax.ShOULD)
 
@@ -62,7 +63,7 @@ class PerExampleBrownian(diffrax.AbstractBrownianPath):
         return diffrax.SpaceTimeTimeLevyArea(dt=dt, W=w, H=hh, K=kk)
 
 
-class Underdamped(eqx.Module):
+class Underdamped(AbstractSampler):
     """num_steps unit-time steps of underdamped Langevin with velocity scale u = n^2 s^2."""
 
     num_steps: int = eqx.field(static=True)

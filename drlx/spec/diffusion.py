@@ -1,4 +1,4 @@
-"""The `diffusion:` block: the noise schedule and how noisy pairs are drawn (REFERENCE sec. 2)."""
+"""The `diffusion:` block: the noise schedule and how noisy pairs are drawn (docs/method.md §2)."""
 
 from typing import Annotated, Literal
 

@@ -150,11 +150,21 @@ def _describe(err: dict) -> str:
     return f"{message}, found {err['input']!r}" if "input" in err else message
 
 
-def load_spec(path: str | Path) -> ExperimentSpec:
+def _record(tree: dict, where: dict, file: str, prefix: tuple = ()) -> None:
+    """Locate every key path of an in-memory mapping at `file` (line 1)."""
+    for key, value in tree.items():
+        where[(*prefix, key)] = Located(file, 1)
+        if isinstance(value, dict):
+            _record(value, where, file, (*prefix, key))
+
+
+def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec:
     """Load and validate a spec file.
 
     Arguments:
         path: the YAML file.
+        overrides: blocks merged over the file's as a spec merges over its base, e.g.
+            {"train": {"num_steps": 500}}; problems in them are located at `<overrides>`.
 
     Returns:
         The frozen ExperimentSpec.
@@ -163,6 +173,9 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         SpecError: with one `file:line: field.path: expected ..., found ...` line per problem.
     """
     raw, where = load_raw(path)
+    if overrides:
+        raw = _merge(raw, overrides)
+        _record(overrides, where, "<overrides>")
     fallback = Located(str(path), 1)
     try:
         return ExperimentSpec.model_validate(raw)

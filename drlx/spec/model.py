@@ -22,7 +22,7 @@ class MLPEnergy(Block):
 
 
 class ResNetEnergy(Block):
-    """DRL's image energy network net_res_temb2 (REFERENCE section 6)."""
+    """DRL's image energy network net_res_temb2 (docs/method.md §6.3)."""
 
     kind: Literal["resnet"]
     width: PositiveInt = 128

@@ -1,4 +1,4 @@
-"""The `sampler:` block: the Langevin chain of each conditional EBM (REFERENCE section 4)."""
+"""The `sampler:` block: the Langevin chain of each conditional EBM (docs/method.md §4)."""
 
 from typing import Annotated, Literal
 

@@ -1,4 +1,4 @@
-"""The `objective:` and `train:` blocks (REFERENCE section 5)."""
+"""The `objective:` and `train:` blocks (docs/method.md §5)."""
 
 from typing import Literal
 

@@ -1,6 +1,2 @@
-"""Training: state, the jitted step, the loop."""
-
-from drlx.train.loop import NonFiniteLossError, train_loop
-from drlx.train.step import TrainState, init_state, make_train_step
-
-__all__ = ["NonFiniteLossError", "TrainState", "init_state", "make_train_step", "train_loop"]
+"""Training: the state and jitted step (step.py), the loop (loop.py), checkpoints
+(checkpoint.py) and the engine that puts them together (fit.py). Import from the modules."""

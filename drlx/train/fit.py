@@ -4,6 +4,7 @@ import jax
 import numpy as np
 
 from drlx.data.pipeline import batch_iterator
+from drlx.experiment import Experiment
 from drlx.sharding import (
     check_divisible,
     check_process_order,
@@ -12,7 +13,6 @@ from drlx.sharding import (
     replicate,
     shard_local_batch,
 )
-from drlx.spec.build import Experiment
 from drlx.train.checkpoint import Checkpointer
 from drlx.train.loop import train_loop
 from drlx.train.step import TrainState, init_state, make_train_step
@@ -24,7 +24,7 @@ def fit(
     checkpointer: Checkpointer | None = None,
     progress: bool = True,
 ) -> tuple[TrainState, list[dict]]:
-    """Train for spec.train.num_steps steps, resuming from the newest good checkpoint if any.
+    """Train for exp.train.num_steps steps, resuming from the newest good checkpoint if any.
 
     On several processes (after `jax.distributed.initialize()`), each one reads only its rows
     of every batch from `train` (the same array on every host) and the global batch is
@@ -39,21 +39,23 @@ def fit(
     Returns:
         The final state (report `state.ema`) and the logged loss history.
     """
-    spec = exp.spec
-    mesh = make_mesh(spec.runtime.devices)
-    check_divisible(spec.train.batch_size, mesh, "train.batch_size")
+    settings = exp.train
+    mesh = make_mesh(exp.runtime.devices)
+    check_divisible(settings.batch_size, mesh, "train.batch_size")
     check_process_order([d.process_index for d in mesh.devices.flat], jax.process_count())
-    rows = process_rows(spec.train.batch_size, jax.process_index(), jax.process_count())
+    rows = process_rows(settings.batch_size, jax.process_index(), jax.process_count())
     step = make_train_step(
         exp.ebm,
         exp.train_sampler,
         exp.optimizer,
         exp.weights,
-        spec.diffusion.shared_noise,
-        spec.train.ema_decay,
+        settings.shared_noise,
+        settings.ema_decay,
     )
     key = exp.key("train")
-    batches = batch_iterator(train, spec.train.batch_size, seed=spec.seed, flip=exp.flip, rows=rows)
+    batches = batch_iterator(
+        train, settings.batch_size, seed=settings.data_seed, flip=settings.flip, rows=rows
+    )
     state, history = init_state(exp.init_network(), exp.optimizer), []
     resumed = checkpointer.restore(state, key) if checkpointer else None
     if resumed is not None:
@@ -68,11 +70,11 @@ def fit(
         step,
         batches,
         key,
-        spec.train.num_steps,
-        spec.train.log_every,
+        settings.num_steps,
+        settings.log_every,
         progress,
         history=history,
         checkpoint=save if checkpointer else None,
-        checkpoint_every=spec.runtime.checkpoint_every,
+        checkpoint_every=exp.runtime.checkpoint_every,
         place=lambda batch: shard_local_batch(batch, mesh),
     )

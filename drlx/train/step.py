@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from drlx.batch import broadcast_to_example
 from drlx.diffusion import q_sample_pair
 from drlx.energy import ConditionalEBM
 from drlx.keys import example_keys, fold_each
 from drlx.objective import recovery_likelihood_loss
-from drlx.samplers.base import Sampler
-from drlx.samplers.ula import broadcast_to_example
+from drlx.samplers.base import AbstractSampler
 
 
 class TrainState(eqx.Module):
@@ -47,7 +47,7 @@ def ema_update(ema: eqx.Module, network: eqx.Module, decay: float) -> eqx.Module
 
 
 def negatives(
-    ebm: ConditionalEBM, sampler: Sampler, x_next: Array, t: Array, keys: PRNGKeyArray
+    ebm: ConditionalEBM, sampler: AbstractSampler, x_next: Array, t: Array, keys: PRNGKeyArray
 ) -> Array:
     """y- : K Langevin steps on y started at the tether x~ = x_{t+1}."""
     return sampler(ebm.target(x_next, t), x_next, ebm.step_sq[t], keys)
@@ -55,13 +55,13 @@ def negatives(
 
 def make_train_step(
     make_ebm: Callable[[eqx.Module], ConditionalEBM],
-    sampler: Sampler,
+    sampler: AbstractSampler,
     optimizer: optax.GradientTransformation,
     weights: Float[Array, " T"],
     shared_noise: bool,
     ema_decay: float,
 ) -> Callable[[TrainState, Array, PRNGKeyArray], tuple[TrainState, dict]]:
-    """Build the jitted step (REFERENCE section 5): t ~ U{0..T-1} per example, positives
+    """Build the jitted step (docs/method.md §5.3): t ~ U{0..T-1} per example, positives
     y+ = a_{t+1} x_t, negatives from the chain, Adam on the weighted loss, EMA of the weights.
 
     Arguments:

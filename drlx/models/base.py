@@ -1,0 +1,47 @@
+"""The interfaces of the learned models, in Equinox's abstract/final style: every concrete
+network subclasses one of these and is itself final (never subclassed)."""
+
+import abc
+from typing import Self
+
+import equinox as eqx
+from jaxtyping import Array, Float, Int
+
+
+class AbstractEnergyNetwork(eqx.Module):
+    """g_theta(y, t): one scalar log-density (up to scale) per example of a batch.
+
+    The level's part is split from the input's, so that a Langevin chain computes what depends
+    on t once, not at every step: g(y, t) = energy(y, embed(t)).
+    """
+
+    @abc.abstractmethod
+    def embed(self, t: Int[Array, " N"]) -> tuple[Array, ...]:
+        """Everything that depends on the level only (a context per example)."""
+
+    @abc.abstractmethod
+    def energy(self, y: Float[Array, " N *D"], context: tuple[Array, ...]) -> Float[Array, " N"]:
+        """g(y, t) given `embed(t)`."""
+
+    def __call__(self, y: Float[Array, " N *D"], t: Int[Array, " N"]) -> Float[Array, " N"]:
+        """Network output g for a batch of inputs and levels."""
+        return self.energy(y, self.embed(t))
+
+    @abc.abstractmethod
+    def power_iteration(self) -> Self:
+        """A copy with every spectral-norm estimate advanced by one power iteration (called
+        once per training step); a network without spectral normalization returns self."""
+
+    @abc.abstractmethod
+    def precompute(self) -> Self:
+        """The same function with its weights' preprocessing done once, for a chain whose
+        weights are fixed; a network with nothing to precompute returns self."""
+
+
+class AbstractInitializer(eqx.Module):
+    """A proposal for the start of each level's chain (CDRL's initializer): a Gaussian
+    N(mean(x~, t), var_t I) in the chain's coordinates y."""
+
+    @abc.abstractmethod
+    def mean(self, x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]) -> Float[Array, " N *D"]:
+        """The proposal's mean for tethers x~ = x_{t+1} at levels t."""
