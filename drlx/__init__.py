@@ -6,11 +6,12 @@ The public API, for notebooks and scripts (the DVC stages call the same function
     exp = drlx.build(spec)                                 # objects and engine settings
     data = exp.data.splits(exp.seed)                       # {"train", "heldout", "heldout_b"}
     state, history = drlx.fit(exp, data["train"])          # train; report state.ema
-    x = drlx.sample(exp, state.ema, 1000)                  # generate from noise
+    ebm = exp.ebm(state.ema, state.initializer_ema)        # CDRL's initializer, or None
+    x = drlx.sample(exp, ebm, 1000)                        # generate from noise
     bound = drlx.likelihood_bound(exp, state.ema, data["heldout"][:100], data["train"])
-    metrics = drlx.evaluate_samples(exp, exp.ebm(state.ema), x, data["heldout"],
-                                    data["heldout_b"], "density.png")
-    drlx.save_model("model.eqx", state.ema); net = exp.load_network("model.eqx")
+    metrics = drlx.evaluate_samples(exp, ebm, x, data["heldout"], data["heldout_b"], "d.png")
+    drlx.save_model("model.eqx", (state.ema, state.initializer_ema))
+    ebm = exp.ebm(*exp.load_model("model.eqx"))
 
 Names load on first use, so `import drlx` (and every module of the package, which imports it)
 pulls in nothing else: a stage depends only on the modules it imports.

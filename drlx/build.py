@@ -11,17 +11,21 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array
 
+from drlx.cooperative import posterior_std
 from drlx.data import sources
 from drlx.diffusion import (
     Schedule,
+    continuous_time,
     cosine_logsnr_schedule,
     drl_linear_schedule,
     linear_schedule,
 )
 from drlx.experiment import Experiment
-from drlx.models.base import AbstractEnergyNetwork
+from drlx.models.base import AbstractEnergyNetwork, AbstractInitializer
+from drlx.models.initializer import MLPInitializer
 from drlx.models.mlp import MLPEnergy
 from drlx.models.resnet import ResNetEnergy
+from drlx.models.unet import UNetInitializer
 from drlx.samplers.base import AbstractSampler
 from drlx.samplers.mala import MALA
 from drlx.samplers.ula import ULA
@@ -37,6 +41,7 @@ from drlx.settings import (
 from drlx.spec import data as data_spec
 from drlx.spec import density as density_spec
 from drlx.spec import diffusion as diffusion_spec
+from drlx.spec import initializer as init_spec
 from drlx.spec import model as model_spec
 from drlx.spec import sampler as sampler_spec
 from drlx.spec.experiment import ExperimentSpec
@@ -74,10 +79,24 @@ def build_data(spec: data_spec.DataSpec) -> sources.DataSource:
     raise TypeError(f"no data source for {spec!r}")
 
 
+def level_values(kind: str, schedule: Schedule, initializer: bool) -> Array | None:
+    """What a network embeds for level t: the index t itself (None for the energy networks,
+    so DRL's stay as they were; arange(T) for an initializer), or CDRL's continuous time of a
+    logSNR: of x_t for the EBM of level t, of its input x_{t+1} for the initializer."""
+    match kind:
+        case "index":
+            return jnp.arange(schedule.num_levels, dtype=jnp.float32) if initializer else None
+        case "logsnr":
+            times = continuous_time(schedule)
+            return times[1:] if initializer else times[:-1]
+    raise ValueError(f"unknown level embedding {kind!r}")
+
+
 def network_factory(
-    spec: model_spec.ModelSpec, shape: tuple[int, ...]
+    spec: model_spec.ModelSpec, shape: tuple[int, ...], schedule: Schedule
 ) -> Callable[..., AbstractEnergyNetwork]:
     """key -> a freshly initialised energy network for examples of `shape`."""
+    levels = level_values(spec.level_embedding, schedule, initializer=False)
     match spec:
         case model_spec.MLPEnergy():
             return functools.partial(
@@ -89,6 +108,7 @@ def network_factory(
                 spec.activation,
                 spec.fourier_features,
                 spec.fourier_scale,
+                level_values=levels,
             )
         case model_spec.ResNetEnergy():
             _, _, channels = shape
@@ -100,8 +120,40 @@ def network_factory(
                 spec.channel_mults,
                 spec.embed_dim,
                 spec.spectral_norm,
+                level_values=levels,
             )
     raise TypeError(f"no network for {spec!r}")
+
+
+def initializer_factory(
+    spec: init_spec.InitializerSpec, shape: tuple[int, ...], schedule: Schedule
+) -> Callable[..., AbstractInitializer]:
+    """key -> a freshly initialised CDRL initializer for examples of `shape`."""
+    levels = level_values(spec.level_embedding, schedule, initializer=True)
+    match spec:
+        case init_spec.MLPInitializer():
+            return functools.partial(
+                MLPInitializer, math.prod(shape), spec.width, spec.depth, spec.embed_dim,
+                spec.activation, levels,
+            )  # fmt: skip
+        case init_spec.UNetInitializer():
+            height, _, channels = shape
+            return functools.partial(
+                UNetInitializer, channels, spec.width, spec.channel_mults, spec.num_res_blocks,
+                spec.attention_resolutions, height, spec.dropout, spec.groups, levels,
+            )  # fmt: skip
+    raise TypeError(f"no initializer for {spec!r}")
+
+
+def initializer_optimizer(spec: init_spec.InitializerSpec) -> optax.GradientTransformation:
+    """AdamW after a linear warm-up (none by default), its gradient clipped to a global norm."""
+    lr = spec.learning_rate
+    if spec.warmup_steps:
+        lr = optax.linear_schedule(0.0, spec.learning_rate, spec.warmup_steps)
+    adamw = optax.adamw(lr, b1=spec.beta1, b2=spec.beta2, weight_decay=spec.weight_decay)
+    if spec.grad_clip is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(spec.grad_clip), adamw)
 
 
 def build_sampler(spec: sampler_spec.SamplerSpec, training: bool) -> AbstractSampler:
@@ -139,7 +191,8 @@ def loss_weights(weighting: str, schedule: Schedule, g_scale: Array) -> Array:
 
 def build_optimizer(spec: Train) -> optax.GradientTransformation:
     """Adam with a linear warm-up from 0 to the learning rate, then constant (the paper's) or a
-    cosine decay to zero at num_steps (`lr_schedule: cosine`); no clipping."""
+    cosine decay to zero at num_steps (`lr_schedule: cosine`); the gradient clipped to a global
+    norm when `grad_clip` is set (CDRL), not clipped otherwise (DRL)."""
     warmup = max(spec.warmup_steps, 1)
     match spec.lr_schedule:
         case "constant":
@@ -148,7 +201,10 @@ def build_optimizer(spec: Train) -> optax.GradientTransformation:
             lr = optax.warmup_cosine_decay_schedule(
                 0.0, spec.learning_rate, warmup, max(spec.num_steps, warmup + 1)
             )
-    return optax.adam(lr, b1=spec.beta1, b2=spec.beta2)
+    adam = optax.adam(lr, b1=spec.beta1, b2=spec.beta2)
+    if spec.grad_clip is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(spec.grad_clip), adam)
 
 
 def build_density(
@@ -196,6 +252,7 @@ def build(spec: ExperimentSpec) -> Experiment:
         case "tether_variance":
             g_scale = schedule.sigma[1:] ** 2
     data = build_data(spec.data)
+    init = spec.initializer
     density, long_run = build_density(spec.density, spec.seed, spec.evaluate.num_projections)
     train = TrainSettings(
         num_steps=spec.train.num_steps,
@@ -205,12 +262,15 @@ def build(spec: ExperimentSpec) -> Experiment:
         shared_noise=spec.diffusion.shared_noise,
         data_seed=spec.seed,
         flip=data.flip,
+        initializer_ema_decay=spec.initializer.ema_decay if spec.initializer else None,
     )
     evaluate = EvaluateSettings(
         num_samples=spec.evaluate.num_samples,
         num_projections=spec.evaluate.num_projections,
         heatmap_resolution=spec.evaluate.heatmap_resolution,
         inception_weights=spec.evaluate.inception_weights,
+        num_draws=spec.evaluate.num_draws,
+        draw_size=spec.evaluate.draw_size,
     )
     r = spec.runtime
     runtime = RuntimeSettings(r.devices, r.progress, r.sample_batch_size, r.checkpoint_every)
@@ -225,7 +285,11 @@ def build(spec: ExperimentSpec) -> Experiment:
         step_sq=step_sq,
         g_scale=g_scale,
         weights=loss_weights(spec.objective.weighting, schedule, g_scale),
-        make_network=network_factory(spec.model, data.shape),
+        make_network=network_factory(spec.model, data.shape, schedule),
+        make_initializer=None if init is None else initializer_factory(init, data.shape, schedule),
+        initializer_optimizer=None if init is None else initializer_optimizer(init),
+        proposal_std=None if init is None else posterior_std(schedule),
+        tweedie=spec.sampler.tweedie,
         optimizer=build_optimizer(spec.train),
         train_sampler=build_sampler(spec.sampler, training=True),
         eval_sampler=build_sampler(spec.sampler, training=False),

@@ -102,6 +102,15 @@ def cosine_logsnr_schedule(num_levels: int, logsnr_min: float, logsnr_max: float
     return _from_contractions(np.concatenate([abar[:1], abar[1:] / abar[:-1]]))
 
 
+def continuous_time(schedule: Schedule) -> Float[Array, " T1"]:
+    """CDRL's level input: 1000 arctan(exp(-logSNR_i / 2)) / (pi / 2) of every entry i, with
+    logSNR_i = log(abar_i^2 / sigmabar_i^2), i.e. 1000 arctan(sigmabar_i / abar_i) / (pi / 2):
+    0 for clean data, 1000 for pure noise (docs/method.md §11)."""
+    abar = np.asarray(schedule.abar, np.float64)
+    sigmabar = np.asarray(schedule.sigmabar, np.float64)
+    return jnp.asarray(1000.0 * np.arctan2(sigmabar, abar) / (np.pi / 2), jnp.float32)
+
+
 def q_sample_pair(
     schedule: Schedule,
     x0: Float[Array, " N *D"],

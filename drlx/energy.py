@@ -16,20 +16,36 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from drlx.batch import sum_squares
+from drlx.cooperative import Proposal
 from drlx.diffusion import Schedule
 from drlx.models.base import AbstractEnergyNetwork
 
 
 class ConditionalEBM(eqx.Module):
-    """The network plus the schedule: log p(y | x~, t) up to log Z(x~), for a batch."""
+    """The network plus the schedule: log p(y | x~, t) up to log Z(x~), for a batch; and where
+    each level's chain starts (`start`)."""
 
     network: AbstractEnergyNetwork
     schedule: Schedule
     step_sq: Float[Array, " T"]
     g_scale: Float[Array, " T"]
+    proposal: Proposal | None = None
+
+    def start(
+        self,
+        x_tilde: Float[Array, " N *D"],
+        t: Int[Array, " N"],
+        keys: PRNGKeyArray,
+        dropout_key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " N *D"]:
+        """Where each level's chain starts: the tether x~ (DRL), or a draw of the
+        initializer's proposal (CDRL; docs/method.md §11) from the chain's own keys."""
+        if self.proposal is None:
+            return x_tilde
+        return self.proposal(x_tilde, t, keys, dropout_key)
 
     def log_prob(
         self, y: Float[Array, " N *D"], x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]

@@ -10,12 +10,13 @@ from pathlib import Path
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from drlx.cooperative import Proposal
 from drlx.data.sources import DataSource
 from drlx.diffusion import Schedule
 from drlx.energy import ConditionalEBM
 from drlx.io import load_model
 from drlx.keys import named_key
-from drlx.models.base import AbstractEnergyNetwork
+from drlx.models.base import AbstractEnergyNetwork, AbstractInitializer
 from drlx.samplers.base import AbstractSampler
 from drlx.settings import (
     DensitySettings,
@@ -42,7 +43,11 @@ class Experiment:
         g_scale: output scale k_t of each level (f = g / k_t).
         weights: loss weight w_t of each level.
         make_network: key -> a freshly initialised energy network.
-        optimizer: the training optimizer.
+        optimizer: the energy network's optimizer.
+        make_initializer: key -> a freshly initialised CDRL initializer (None: DRL).
+        initializer_optimizer: the initializer's optimizer (None: DRL).
+        proposal_std: v_t, the spread of the initializer's proposal of each level (None: DRL).
+        tweedie: generation ends with Tweedie's denoising step.
         train_sampler, eval_sampler: the chains of training and of generation / evaluation.
         train, evaluate, density, long_run, runtime: the engines' settings.
     """
@@ -59,6 +64,10 @@ class Experiment:
     weights: Float[Array, " T"]
     make_network: Callable[[PRNGKeyArray], AbstractEnergyNetwork]
     optimizer: optax.GradientTransformation
+    make_initializer: Callable[[PRNGKeyArray], AbstractInitializer] | None
+    initializer_optimizer: optax.GradientTransformation | None
+    proposal_std: Float[Array, " T"] | None
+    tweedie: bool
     train_sampler: AbstractSampler
     eval_sampler: AbstractSampler
     train: TrainSettings
@@ -80,10 +89,23 @@ class Experiment:
         """The energy network at its initialisation (its random stream is "init")."""
         return self.make_network(self.key("init"))
 
-    def load_network(self, path: str | Path) -> AbstractEnergyNetwork:
-        """Trained weights saved by `drlx.save_model` (the train stage's model.eqx)."""
-        return load_model(path, self.init_network())
+    def init_initializer(self) -> AbstractInitializer | None:
+        """CDRL's initializer at its initialisation (stream "init-initializer"); None for DRL."""
+        if self.make_initializer is None:
+            return None
+        return self.make_initializer(key=self.key("init-initializer"))
 
-    def ebm(self, network: AbstractEnergyNetwork) -> ConditionalEBM:
-        """The conditional EBMs of every level built on `network`."""
-        return ConditionalEBM(network, self.schedule, self.step_sq, self.g_scale)
+    def load_model(
+        self, path: str | Path
+    ) -> tuple[AbstractEnergyNetwork, AbstractInitializer | None]:
+        """Trained weights saved by the train stage (model.eqx): the energy network and, for
+        CDRL, the initializer (None for DRL)."""
+        return load_model(path, (self.init_network(), self.init_initializer()))
+
+    def ebm(
+        self, network: AbstractEnergyNetwork, initializer: AbstractInitializer | None = None
+    ) -> ConditionalEBM:
+        """The conditional EBMs of every level built on `network`; with an initializer their
+        chains start at its proposal (CDRL), else at the tether (DRL)."""
+        proposal = None if initializer is None else Proposal(initializer, self.proposal_std)
+        return ConditionalEBM(network, self.schedule, self.step_sq, self.g_scale, proposal)

@@ -24,7 +24,7 @@ PAPER = (
     ("DRL T6", "CIFAR-10 32x32", "FID", "fid", 9.58, "cifar10_t6"),
     ("DRL T6", "CIFAR-10 32x32", "IS", "inception_score", 8.30, "cifar10_t6"),
     ("DRL", "CelebA 64x64", "FID (unverified)", "fid", 5.98, "celeba64"),
-    ("CDRL", "CIFAR-10", "FID", "fid", 4.31, None),
+    ("CDRL", "CIFAR-10", "FID", "fid", 4.31, "cifar10_cdrl"),
     ("CDRL-large", "CIFAR-10", "FID", "fid", 3.68, None),
     ("CDRL", "ImageNet 32x32", "FID", "fid", 9.35, None),
     ("CDRL + guidance (w = 0.7)", "ImageNet 32x32", "FID", "fid", 6.18, None),
@@ -32,16 +32,17 @@ PAPER = (
 NOT_METRICS = ("train_loss.json",)  # JSON outputs that are histories, not numbers
 # The numbers a reader looks for first: (file name, key, what it is); shown when present.
 HEADLINE = (
-    ("metrics.json", "sliced_wasserstein_ratio", "sliced Wasserstein / held-out floor"),
-    ("metrics.json", "mmd2", "MMD² against held-out data"),
-    ("metrics.json", "mmd2_floor", "MMD² of held-out data (floor)"),
+    ("metrics.json", "sliced_wasserstein.ratio.mean", "sliced Wasserstein / held-out floor"),
+    ("metrics.json", "mmd2.model.mean", "MMD² against held-out data"),
+    ("metrics.json", "mmd2.floor.mean", "MMD² of held-out data (floor)"),
     ("density_metrics.json", "heldout_nll_nats.model_bound", "held-out NLL, model bound (nats)"),
     ("density_metrics.json", "heldout_true_nll_nats.mean", "held-out NLL, true density (nats)"),
     ("density_metrics.json", "bits_per_dim.mean", "held-out bits/dim (bound)"),
     ("density_metrics.json", "bits_per_dim.se", "its standard error"),
     ("density_metrics.json", "ais_vs_quadrature.mae_nats", "AIS vs quadrature, MAE (nats)"),
     ("density_metrics.json", "long_run.verdict", "long-run chains (10k steps)"),
-    ("feature_metrics.json", "fd_digits_features_ratio", "Frechet distance / floor (features)"),
+    ("feature_metrics.json", "fd_digits_features.ratio.mean", "Frechet distance / floor"),
+    ("feature_metrics.json", "kid_digits_features.excess.mean", "KID - its floor (features)"),
     ("feature_metrics.json", "classifier_confidence_samples", "classifier confidence on samples"),
     ("fid.json", "fid", "FID"),
     ("fid.json", "inception_score", "Inception score"),
@@ -104,6 +105,22 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _with_interval(number: Number, others: list[Number]) -> str:
+    """A mean with its 95% interval "m [low, high]" when its file has them (`X.mean`,
+    `X.low`, `X.high`: an estimate over repeated draws), else the value alone."""
+    if not number.key.endswith(".mean"):
+        return _fmt(number.value)
+    stem = number.key[: -len("mean")]
+    bounds = {
+        n.key[len(stem) :]: n.value
+        for n in others
+        if n.file == number.file and n.key in (stem + "low", stem + "high")
+    }
+    if len(bounds) < 2:
+        return _fmt(number.value)
+    return f"{number.value:.4g} [{bounds['low']:.4g}, {bounds['high']:.4g}]"
+
+
 def build_report(root: str | Path = ".", out: str | Path = "reports") -> tuple[Path, Path]:
     """Write `out`/report.md (images linked relative) and `out`/report.html (images embedded).
 
@@ -148,7 +165,7 @@ def build_report(root: str | Path = ".", out: str | Path = "reports") -> tuple[P
     body += ["<h2>Paper results (docs/method.md §10)</h2>", _html_table(head, rows)]
 
     rows = [
-        (name, what, _fmt(n.value), n.status)
+        (name, what, _with_interval(n, numbers[name]), n.status)
         for name in names
         for file, key, what in HEADLINE
         for n in numbers[name]

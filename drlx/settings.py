@@ -37,6 +37,7 @@ class TrainSettings:
         shared_noise: draw x_t and x_{t+1} with the same noise (CDRL's variance reduction).
         data_seed: seed of the batches' order and flips.
         flip: random left-right flips of training images.
+        initializer_ema_decay: decay of the EMA of CDRL's initializer (None: DRL, none).
     """
 
     num_steps: int
@@ -46,6 +47,7 @@ class TrainSettings:
     shared_noise: bool
     data_seed: int
     flip: bool
+    initializer_ema_decay: float | None
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,16 @@ class EvaluateSettings:
         num_projections: random directions of the sliced Wasserstein distance.
         heatmap_resolution: grid points per axis of the 2D density plots.
         inception_weights: FID Inception-v3 weights (None: $DRLX_INCEPTION_WEIGHTS).
+        num_draws: draws behind every sample-quality number (its mean, se and interval).
+        draw_size: rows per set in a draw (None: the size of one held-out set).
     """
 
     num_samples: int
     num_projections: int
     heatmap_resolution: int
     inception_weights: str | None
+    num_draws: int
+    draw_size: int | None
 
 
 class AISSettings(NamedTuple):

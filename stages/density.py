@@ -20,7 +20,7 @@ def main() -> None:
     args = p.parse_args()
     exp = load_experiment(args.spec)
     data = read_arrays(args.data, "train", "heldout", "heldout_b")
-    ebm = exp.ebm(exp.load_network(args.model))
+    ebm = exp.ebm(*exp.load_model(args.model))
     metrics, traces = estimate_density(exp, ebm, data, args.plot)
     write_arrays(args.long_run, **traces)
     long_run_figure(args.long_run_plot, traces, f"{exp.name}: long-run chains")

@@ -17,7 +17,7 @@ def main() -> None:
     exp = load_experiment(args.spec)
     data = read_arrays(args.data, "heldout", "heldout_b")
     samples = read_arrays(args.samples, "samples")["samples"]
-    ebm = exp.ebm(exp.load_network(args.model))
+    ebm = exp.ebm(*exp.load_model(args.model))
     metrics = evaluate_samples(exp, ebm, samples, data["heldout"], data["heldout_b"], args.plot)
     write_json(args.metrics, metrics)
 

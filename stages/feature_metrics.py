@@ -27,7 +27,10 @@ def main() -> None:
     data = read_arrays(args.data, "heldout", "heldout_b")
     samples = read_arrays(args.samples, "samples")["samples"]
     extractor = classifier_from_arrays(read_arrays(args.features, *ARRAY_NAMES), args.features)
-    metrics = digits_metrics(samples, data["heldout"], data["heldout_b"], extractor)
+    metrics = digits_metrics(
+        samples, data["heldout"], data["heldout_b"], extractor, exp.evaluate.num_draws,
+        exp.evaluate.draw_size,
+    )  # fmt: skip
     title = f"{exp.name}: class shares by the digits classifier"
     class_shares_bars(args.plot, class_share_arrays(metrics), title)
     write_json(args.metrics, {"experiment": exp.name, "spec_hash": exp.scientific_hash, **metrics})

@@ -15,7 +15,7 @@ def main() -> None:
     p.add_argument("--plot", required=True, help="output: samples next to held-out data (PNG)")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    samples = sample(exp, exp.load_network(args.model))
+    samples = sample(exp, exp.ebm(*exp.load_model(args.model)))
     write_arrays(args.out, samples=samples)
     heldout = read_arrays(args.data, "heldout")["heldout"][: len(samples)]
     samples_figure(args.plot, heldout, samples, f"{exp.name}: held-out data vs model samples")

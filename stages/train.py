@@ -20,7 +20,7 @@ def main() -> None:
     train = read_arrays(args.data, "train")["train"]
     checkpointer = Checkpointer(args.checkpoints, exp.training_hash)
     state, history = fit(exp, train, checkpointer, progress=exp.runtime.progress)
-    save_model(args.model, state.ema)
+    save_model(args.model, (state.ema, state.initializer_ema))
     write_json(args.history, history)
     loss_curve(
         args.plot,

@@ -171,4 +171,7 @@ TINY_DENSITY = (
     "  long_run_horizons: [50], long_run_chains: 64}\n"
 )
 # params.yaml of a repository that runs only `tiny` (no digits: no feature stages)
-TINY_PARAMS = "experiments:\n  tiny:\n    base: specs/bases/toy2d.yaml\nfeature_experiments: {}\n"
+TINY_PARAMS = (
+    "experiments:\n  tiny:\n    base: specs/bases/toy2d.yaml\nfeature_experiments: {}\n"
+    "sweeps: {}\nfeature_sweeps: {}\n"
+)

@@ -13,6 +13,7 @@ import pytest
 
 from drlx.build import loss_weights
 from drlx.diffusion import (
+    continuous_time,
     cosine_logsnr_schedule,
     drl_linear_schedule,
     linear_schedule,
@@ -181,3 +182,15 @@ def test_q_sample_pair_moments(schedule_t6, shared_noise):
         se = math.sqrt((s0**2 * s1**2 + expected**2) / m)  # sd of a bivariate normal's product
         np.testing.assert_allclose(cov, expected, atol=Z * se, err_msg=f"level {level}")
         assert abs(expected - other) > 4 * Z * se, "the two noise models must be distinguishable"
+
+
+def test_continuous_time_of_the_cosine_schedule_is_linear():
+    """logSNR(u) = -2 log tan(a u + b) makes CDRL's time 1000 arctan(exp(-logSNR/2)) / (pi/2)
+    = 1000 (a u + b) / (pi/2): linear in u = i / T (docs/method.md §11.3)."""
+    lmin, lmax, T = -5.1, 9.8, 6
+    b = np.arctan(np.exp(-lmax / 2))
+    a = np.arctan(np.exp(-lmin / 2)) - b
+    want = 1000 * (a * np.arange(T + 1) / T + b) / (np.pi / 2)
+    got = np64(continuous_time(cosine_logsnr_schedule(T, lmin, lmax)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[0] < 5 and got[-1] > 900  # near 0 for data, towards 1000 for noise

@@ -12,6 +12,7 @@ from drlx.build import build_data
 from drlx.data import images
 from drlx.evaluate import digits_features as dfe
 from drlx.evaluate.feature_metrics import feature_frechet_distance
+from drlx.evaluate.uncertainty import draw_indices
 from drlx.io import read_arrays, write_arrays
 from drlx.spec.data import DigitsData
 
@@ -88,39 +89,48 @@ def test_load_rejects_missing_or_misshapen_arrays(model):
         dfe.classifier_from_arrays(bad, "ext.npz")
 
 
-def test_digits_metrics_against_the_floor_and_bad_samples(model, split):
+def test_digits_metrics_over_draws(model, split):
+    """Digits of the training split score like the floor (ratio intervals cover 1); shuffled
+    pixels, a model of only 3s and loud samples are told apart, with their intervals."""
     heldout, heldout_b = split["heldout"], split["heldout_b"]
-    same = dfe.digits_metrics(heldout_b, heldout, heldout_b, model, kid_subsets=20)
-    for name in ("fd", "kid", "precision", "recall"):
-        key = f"{name}_digits_features"
-        assert same[key] == same[f"{key}_floor"]
-    assert same["fd_digits_features_ratio"] == 1.0
-    assert same["samples_clipped_pixel_share"] == 0.0
-    feats = {n: dfe.features_and_probs(model, x)[0] for n, x in (("a", heldout_b), ("b", heldout))}
-    assert same["fd_digits_features"] == pytest.approx(feature_frechet_distance(*feats.values()))
+    draws = {"num_draws": 5, "size": 120, "kid_subsets": 20}
+    same = dfe.digits_metrics(split["train"], heldout, heldout_b, model, **draws)
+    assert same["num_draws"] == 5 and same["draw_size"] == 120 and same["selection"] == "disjoint"
+    fd = same["fd_digits_features"]
+    assert fd["ratio"]["low"] < 1.0 < fd["ratio"]["high"], fd["ratio"]
+    assert same["fd_digits_features_ratio"] == fd["ratio"]["mean"]
+    assert len(fd["model"]["values"]) == 5 and fd["floor"]["se"] > 0
+    # draw 0's value is the Frechet distance of its own rows, recomputed here
+    f = lambda x: dfe.features_and_probs(model, x)[0]  # noqa: E731
+    indices, _ = draw_indices(len(split["train"]), 2 * len(heldout), 5, 120, 0)
+    s0, a0, _ = indices[0]
+    pool = np.concatenate([heldout, heldout_b])
+    expected = feature_frechet_distance(f(split["train"][s0]), f(pool[a0]))
+    assert fd["model"]["values"][0] == pytest.approx(expected, rel=1e-6)
     # the trained features see the gap between digits and a shuffle of their pixels
     rng = np.random.default_rng(0)
-    flat = heldout_b.reshape(len(heldout_b), -1)
-    shuffled = rng.permuted(flat, axis=1).reshape(heldout_b.shape)
-    bad = dfe.digits_metrics(shuffled, heldout, heldout_b, model, kid_subsets=20)
-    assert bad["fd_digits_features"] > 10 * bad["fd_digits_features_floor"]
-    assert (
-        bad["kid_digits_features"]
-        > bad["kid_digits_features_floor"] + 3 * (bad["kid_digits_features_std"])
-    )
-    assert bad["precision_digits_features"] < 0.2 < bad["precision_digits_features_floor"]
+    flat = split["train"].reshape(len(split["train"]), -1)
+    shuffled = rng.permuted(flat, axis=1).reshape(split["train"].shape)
+    bad = dfe.digits_metrics(shuffled, heldout, heldout_b, model, **draws)
+    assert bad["fd_digits_features"]["ratio"]["low"] > 10
+    assert bad["kid_digits_features"]["excess"]["low"] > 0
+    precision = bad["precision_digits_features"]
+    assert precision["model"]["high"] < 0.2 < precision["floor"]["low"]
     assert bad["classifier_confidence_samples"] < bad["classifier_confidence_heldout"]
     # a model that makes only 3s: its class shares and recall say so
-    threes = np.concatenate([heldout_b, heldout])[
-        np.concatenate([split["heldout_b_labels"], split["heldout_labels"]]) == 3
-    ]
-    only3 = dfe.digits_metrics(np.resize(threes, heldout.shape), heldout, heldout_b, model)
+    threes = split["train"][split["train_labels"] == 3]
+    threes = np.resize(threes, (600, 8, 8, 1))
+    only3 = dfe.digits_metrics(threes, heldout, heldout_b, model, **draws)
     assert only3["class_share_samples_digit_3"] > 0.9
-    assert only3["class_share_total_variation"] > 0.8 > only3["class_share_total_variation_floor"]
-    assert only3["recall_digits_features"] < 0.5 * only3["recall_digits_features_floor"]
+    assert only3["class_share_digit_3"]["model"]["low"] > 0.9
+    tv = only3["class_share_total_variation"]
+    assert tv["model"]["low"] > 0.8 > tv["floor"]["high"]
+    recall = only3["recall_digits_features"]
+    assert recall["model"]["high"] < 0.5 * recall["floor"]["low"]
     # out-of-range samples are clipped, and the share that needed it is reported
-    loud = dfe.digits_metrics(heldout_b * 1.5, heldout, heldout_b, model, kid_subsets=5)
-    assert loud["samples_clipped_pixel_share"] == pytest.approx(np.mean(np.abs(heldout_b) > 2 / 3))
+    loud = dfe.digits_metrics(split["train"] * 1.5, heldout, heldout_b, model, **draws)
+    expected = np.mean(np.abs(split["train"]) > 2 / 3)
+    assert loud["samples_clipped_pixel_share"] == pytest.approx(expected)
 
 
 def test_features_stage_refuses_a_toy_spec(tmp_path):

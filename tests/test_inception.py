@@ -290,6 +290,16 @@ def test_sample_metrics_against_independent_formulas():
     mmd = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
     assert metrics["kid"] == pytest.approx(mmd, rel=1e-6) and metrics["kid_std"] < 1e-9
     assert metrics["num_samples"] == 200
+    # the spread over disjoint blocks: block b's FID is the FID of its own 20 rows
+    blocks = metrics["blocks"]
+    assert blocks["num_blocks"] == 10 and blocks["size"] == 20
+    mu, sigma = samples[20:40].mean(axis=0), np.cov(samples[20:40], rowvar=False)
+    d = mu - data.mean(axis=0)
+    s1 = sigma
+    want = d @ d + np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2)))
+    assert blocks["fid"]["values"][1] == pytest.approx(want, rel=1e-6)
+    assert blocks["fid"]["low"] < blocks["fid"]["mean"] < blocks["fid"]["high"]
+    assert blocks["fid"]["mean"] > metrics["fid"]  # fewer samples, larger FID
 
 
 # ---- spec, weights path, stages, converter ---------------------------------------------------

@@ -123,7 +123,7 @@ def step_setup(schedule):
     optimizer = optax.adam(LR)  # constant rate (drlx's warm-up starts at 0: no first update)
     step_sq = schedule.step_size_sq(4e-3)
 
-    def make_ebm(network):
+    def make_ebm(network, initializer=None):
         return ConditionalEBM(network=network, schedule=schedule, step_sq=step_sq, g_scale=step_sq)
 
     step = make_train_step(

@@ -46,22 +46,33 @@ def _merge(raw: dict, over: dict) -> dict:
     return out
 
 
+# CDRL's U-Net initializer, shrunk the same way (its structure: resolutions, attention, kept)
+SHRINK_INITIALIZER = {"width": 8, "num_res_blocks": 1, "groups": 4}
+PAPER_SPECS = ["cifar10_t6", "cifar10_t1000", "celeba64", "lsun_church64", "cifar10_cdrl"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cifar10_t6", "cifar10_t1000", "celeba64", "lsun_church64"])
+@pytest.mark.parametrize("name", PAPER_SPECS)
 def test_paper_spec_runs_two_iterations(name: str, tmp_path: Path):
     raw, _ = load_raw(ROOT / "specs" / f"{name}.yaml")
     paper = ExperimentSpec.model_validate(raw)  # the spec as written is valid
     data_over = _synthetic_data(paper.data.kind, tmp_path)
-    spec = ExperimentSpec.model_validate(_merge(raw, {**SHRINK, "data": data_over}))
+    over = {**SHRINK, "data": data_over}
+    if paper.initializer is not None:
+        over["initializer"] = SHRINK_INITIALIZER
+    spec = ExperimentSpec.model_validate(_merge(raw, over))
     assert spec.diffusion == paper.diffusion and spec.objective == paper.objective
     exp = build(spec)
     arrays = build_data(spec.data).splits(spec.seed)
     assert arrays["train"].shape[1:] == exp.shape and arrays["train"].dtype == np.float32
     state, history = fit(exp, arrays["train"], progress=False)
     assert int(state.step) == 2 and np.isfinite(history[-1]["loss"])
+    if paper.initializer is not None:
+        assert np.isfinite(history[-1]["initializer_loss"])
     if spec.diffusion.num_levels <= 6:  # T1000 generation is 1000 levels long; skip it here
-        x = sample_many(exp.ebm(state.ema), exp.eval_sampler, exp.key("s"), 2, exp.shape, 2,
-                        progress=False)  # fmt: skip
+        ebm = exp.ebm(state.ema, state.initializer_ema)
+        x = sample_many(ebm, exp.eval_sampler, exp.key("s"), 2, exp.shape, 2, progress=False,
+                        tweedie=exp.tweedie)  # fmt: skip
         assert x.shape == (2, *exp.shape) and np.all(np.isfinite(x))
 
 

@@ -28,7 +28,8 @@ data: {name: two_moons, num_train: 1000, num_heldout: 200}
 model: {width: 16, depth: 2}
 sampler: {num_steps: 3}
 train: {num_steps: 20, batch_size: 32, log_every: 10}
-evaluate: {num_samples: 200, num_projections: 16, heatmap_resolution: 16}
+evaluate: {num_samples: 200, num_projections: 16, heatmap_resolution: 16, num_draws: 2,
+  draw_size: 100}
 runtime: {progress: false}
 """ + TINY_DENSITY
 
@@ -115,12 +116,12 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
     shutil.copytree(repo, bad, symlinks=True)
     metrics_file = bad / "runs/tiny/metrics.json"
     values = json.loads(metrics)
-    metrics_file.write_text(
-        json.dumps({**values, "mmd2": values["mmd2"] * 0.5}, indent=2, sort_keys=True) + "\n"
-    )
+    edited = json.loads(metrics)
+    edited["mmd2"]["model"]["mean"] *= 0.5
+    metrics_file.write_text(json.dumps(edited, indent=2, sort_keys=True) + "\n")
     failed = _audit(bad, monkeypatch)
     assert failed.exit_code == 1
-    assert "runs/tiny/metrics.json: key 'mmd2'" in failed.stdout
+    assert "runs/tiny/metrics.json: key 'mmd2.model.mean'" in failed.stdout
     assert "key 'sliced_wasserstein'" not in failed.stdout
     metrics_file.write_text(metrics)
     assert _problems(bad) == []
@@ -145,7 +146,7 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
     # Covering the tracks: the edited metric re-committed to dvc.lock, or the record edited too.
     lock_text = (bad / "dvc.lock").read_text()
     old_md5 = md5_file(metrics_file)
-    metrics_file.write_text(json.dumps({**values, "mmd2": values["mmd2"] + 1.0}))
+    metrics_file.write_text(json.dumps({**values, "num_samples": values["num_samples"] + 1}))
     (bad / "dvc.lock").write_text(lock_text.replace(old_md5, md5_file(metrics_file)))
     assert any("dvc.lock changed without re-running" in p for p in _problems(bad))
     (bad / "dvc.lock").write_text(lock_text)

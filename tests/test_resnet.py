@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from drlx.build import network_factory
+from drlx.diffusion import continuous_time, drl_linear_schedule
 from drlx.models.layers import Conv2d, Dense, conv2d, spectral_norm_estimate, weight_matrix
 from drlx.models.mlp import MLPEnergy
 from drlx.models.resnet import ResidualBlock, ResNetEnergy
@@ -163,8 +164,15 @@ def test_build_from_spec_and_mlp_interface(key):
     spec = ResNetSpec(
         kind="resnet", width=8, blocks_per_resolution=2, channel_mults=(1, 2), embed_dim=16
     )
-    net = network_factory(spec, (8, 8, 1))(key)
+    schedule = drl_linear_schedule(6, 1e-4, 0.02, 1000)
+    net = network_factory(spec, (8, 8, 1), schedule)(key)
     assert isinstance(net, ResNetEnergy) and [len(s) for s in net.stages] == [2, 2]
+    assert net.level_values is None  # DRL's index embedding
+    logsnr = network_factory(spec.model_copy(update={"level_embedding": "logsnr"}), (8, 8, 1),
+                             schedule)(key)  # fmt: skip
+    np.testing.assert_allclose(logsnr.level_values, continuous_time(schedule)[:-1])
+    t = jnp.arange(4, dtype=jnp.int32)
+    assert not np.allclose(net.embed(t)[-1], logsnr.embed(t)[-1])
     assert all(b.conv1.u is not None for s in net.stages for b in s)
     # the network's power_iteration advances every u and nothing else
     stepped = eqx.filter_jit(lambda n: n.power_iteration())(net)

@@ -204,7 +204,17 @@ def _literal_choices(spec: ExperimentSpec, path: tuple) -> list:
     return list(typing.get_args(annotation)) if typing.get_origin(annotation) is Literal else []
 
 
+# fields that are off (None) by default, and a value that turns each on
+SWITCHED_ON = {
+    ("initializer",): {"kind": "mlp"},
+    ("train", "grad_clip"): 1.0,
+    ("evaluate", "draw_size"): 7,
+}
+
+
 def _alternatives(spec, path, value):
+    if value is None:
+        return [SWITCHED_ON[path]] if path in SWITCHED_ON else []
     if isinstance(value, str):
         choices = _literal_choices(spec, path) or [value + "_other"]
         return [c for c in choices if c != value]

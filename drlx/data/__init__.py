@@ -1,0 +1,1 @@
+"""Data sources: generated 2D toys, embedded digits, and readers of image files."""

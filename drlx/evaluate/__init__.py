@@ -1,0 +1,1 @@
+"""Sample quality: toy distances, digits features, Inception FID/IS/KID, plots."""

@@ -26,6 +26,7 @@ from drlx.evaluate.feature_metrics import (
     kernel_distance,
     precision_recall,
 )
+from drlx.evaluate.uncertainty import quality_draws
 
 NUM_CLASSES = 10
 NUM_PIXELS = 64
@@ -218,64 +219,65 @@ def digits_metrics(
     heldout: np.ndarray,
     heldout_b: np.ndarray,
     extractor: DigitsClassifier,
+    num_draws: int,
+    size: int | None = None,
     k: int = 3,
     kid_subsets: int = 100,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Frechet distance, KID and precision/recall in the classifier's feature space, each next
-    to its floor (a second held-out draw against the held-out set), plus the share of each
-    class and the classifier's mean confidence (mean largest class probability).
+) -> dict:
+    """Frechet distance, KID, precision/recall and class shares in the classifier's feature
+    space over repeated draws, each next to its floor (held-out against held-out), with
+    standard errors and 95% intervals (`quality_draws`); plus the class shares and the
+    classifier's mean confidence (mean largest class probability) on all samples and on the
+    held-out set.
 
     Samples are clipped to [-1, 1] first, as they would be as images; the share of pixel values
-    that needed it is reported. The distances use the first n = min(len of the three sets)
-    vectors of each set, so that model and floor see equal sizes (Frechet distance and
-    precision/recall depend on n); KID uses subsets of n // 2, so that its subsets differ
-    (the usual 1000 would be all of every set here). Class shares use all samples.
+    that needed it is reported. Every set of a draw has `size` rows (default: one held-out
+    set's size): the Frechet distance and precision/recall depend on it. KID uses subsets of
+    size // 2, so that its subsets differ.
 
     Arguments:
-        samples: model samples (M, 8, 8, 1).
-        heldout: held-out data (N, 8, 8, 1) in [-1, 1]: the reference.
-        heldout_b: a second, disjoint held-out draw: the floor.
+        samples: model samples (M, 8, 8, 1), M >= num_draws * size for independent draws.
+        heldout, heldout_b: the two held-out sets (N, 8, 8, 1) in [-1, 1], pooled.
         extractor: the trained digits classifier.
+        num_draws: draws behind every number.
+        size: rows per set in a draw.
         k: neighbourhood size of precision/recall.
         kid_subsets: number of KID subsets.
-        seed: seed of the KID subsets.
 
     Returns:
-        Flat {name: float}; the class shares as "class_share_{samples,heldout}_digit_<c>".
+        JSON-ready metrics; the draws' estimates under each metric's name.
     """
     raw = _check_images(samples, "samples")
     clipped_share = float(np.mean(np.abs(raw) > 1.0))
-    n = min(len(raw), len(heldout), len(heldout_b))
-    feats, probs = {}, {}
-    sets = {"samples": np.clip(raw, -1.0, 1.0), "heldout": heldout, "floor": heldout_b}
+    sets = {"samples": np.clip(raw, -1.0, 1.0), "heldout": heldout, "heldout_b": heldout_b}
+    rows, probs = {}, {}
     for name, x in sets.items():
-        feats[name], probs[name] = features_and_probs(extractor, x)
-    ref = feats["heldout"][:n]
-    out: dict[str, float] = {
-        "digits_features_num_samples": n,
-        "samples_clipped_pixel_share": clipped_share,
-    }
-    for name, suffix in (("samples", ""), ("floor", "_floor")):
-        x = feats[name][:n]
-        kid, kid_std = kernel_distance(x, ref, kid_subsets, max(2, n // 2), seed)
-        precision, recall = precision_recall(ref, x, k)
-        out |= {
-            f"fd_digits_features{suffix}": feature_frechet_distance(x, ref),
-            f"kid_digits_features{suffix}": kid,
-            f"kid_digits_features_std{suffix}": kid_std,
-            f"precision_digits_features{suffix}": precision,
-            f"recall_digits_features{suffix}": recall,
+        feats, probs[name] = features_and_probs(extractor, x)
+        rows[name] = np.concatenate([feats, probs[name]], axis=1)
+    dim = rows["samples"].shape[1] - NUM_CLASSES
+
+    def metric(x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+        fx, fr = x[:, :dim], ref[:, :dim]
+        kid, _ = kernel_distance(fx, fr, kid_subsets, max(2, len(x) // 2), 0)
+        precision, recall = precision_recall(fr, fx, k)
+        shares, ref_shares = class_shares(x[:, dim:]), class_shares(ref[:, dim:])
+        return {
+            "fd_digits_features": feature_frechet_distance(fx, fr),
+            "kid_digits_features": kid,
+            "precision_digits_features": precision,
+            "recall_digits_features": recall,
+            "class_share_total_variation": float(0.5 * np.abs(shares - ref_shares).sum()),
+            **{f"class_share_digit_{c}": float(v) for c, v in enumerate(shares)},
         }
-    out["fd_digits_features_ratio"] = out["fd_digits_features"] / out["fd_digits_features_floor"]
-    shares = {name: class_shares(probs[name]) for name in probs}
+
+    sample_rows, pool = rows["samples"], (rows["heldout"], rows["heldout_b"])
+    out = quality_draws(metric, sample_rows, *pool, num_draws, size)
+    out["samples_clipped_pixel_share"] = clipped_share
+    out["fd_digits_features_ratio"] = out["fd_digits_features"]["ratio"]["mean"]
     for name in ("samples", "heldout"):
-        out |= {f"class_share_{name}_digit_{c}": float(s) for c, s in enumerate(shares[name])}
+        shares = class_shares(probs[name])
+        out |= {f"class_share_{name}_digit_{c}": float(s) for c, s in enumerate(shares)}
         out[f"classifier_confidence_{name}"] = float(np.mean(np.max(probs[name], axis=1)))
-    # total variation between class shares: how far the class balance is off, with its floor
-    for name, suffix in (("samples", ""), ("floor", "_floor")):
-        tv = 0.5 * np.abs(shares[name] - shares["heldout"]).sum()
-        out[f"class_share_total_variation{suffix}"] = float(tv)
     return out
 
 

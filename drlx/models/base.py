@@ -5,7 +5,7 @@ import abc
 from typing import Self
 
 import equinox as eqx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 
 class AbstractEnergyNetwork(eqx.Module):
@@ -43,5 +43,11 @@ class AbstractInitializer(eqx.Module):
     N(mean(x~, t), var_t I) in the chain's coordinates y."""
 
     @abc.abstractmethod
-    def mean(self, x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]) -> Float[Array, " N *D"]:
-        """The proposal's mean for tethers x~ = x_{t+1} at levels t."""
+    def mean(
+        self,
+        x_tilde: Float[Array, " N *D"],
+        t: Int[Array, " N"],
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " N *D"]:
+        """The proposal's mean for tethers x~ = x_{t+1} at levels t; `key` turns dropout on
+        (training), None leaves the mean deterministic (sampling)."""

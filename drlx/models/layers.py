@@ -8,7 +8,7 @@ from typing import TypeVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 T = TypeVar("T")
 
@@ -35,6 +35,18 @@ def sinusoidal_embedding(t: Float[Array, " *B"], dim: int, max_period: float = 1
     freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     angles = jnp.asarray(t, jnp.float32)[..., None] * freqs
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def level_inputs(level_values: Float[Array, " T"] | None, t: Int[Array, " N"]) -> Array:
+    """The value fed to the level embedding for each level of `t`: `level_values[t]`, or the
+    level index t itself when `level_values` is None.
+
+    `level_values` is a constant of the network (arange(T), or CDRL's continuous time
+    1000 arctan(exp(-logSNR/2)) / (pi/2)): read under stop_gradient, so it is never trained.
+    """
+    if level_values is None:
+        return t
+    return jax.lax.stop_gradient(level_values)[t]
 
 
 # --- Channels-last convolution -------------------------------------------------------------------

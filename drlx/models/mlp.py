@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from drlx.models.base import AbstractEnergyNetwork
-from drlx.models.layers import ACTIVATIONS, sinusoidal_embedding
+from drlx.models.layers import ACTIVATIONS, level_inputs, sinusoidal_embedding
 
 
 class MLPEnergy(AbstractEnergyNetwork):
@@ -21,6 +21,7 @@ class MLPEnergy(AbstractEnergyNetwork):
 
     embed_dim: int = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    level_values: Float[Array, " T"] | None
     fourier: Float[Array, " D F"] | None
     temb: eqx.nn.MLP
     layers: tuple[eqx.nn.Linear, ...]
@@ -37,11 +38,13 @@ class MLPEnergy(AbstractEnergyNetwork):
         fourier_features: int,
         fourier_scale: float,
         key: PRNGKeyArray,
+        level_values: Float[Array, " T"] | None = None,
     ):
         keys = jax.random.split(key, 2 * depth + 3)
         act = ACTIVATIONS[activation]
         self.embed_dim = embed_dim
         self.activation = activation
+        self.level_values = level_values  # None: the level index itself is embedded
         self.temb = eqx.nn.MLP(embed_dim, width, width, 1, activation=act, key=keys[0])
         if fourier_features:
             # fixed random Fourier features (Tancik et al. 2020): lift 2D inputs so an MLP can
@@ -75,7 +78,8 @@ class MLPEnergy(AbstractEnergyNetwork):
     def embed(self, t: Int[Array, " N"]) -> tuple[Array, ...]:
         """Everything that depends on the level only: per-layer biases and the read-out vector.
         Computed once per chain, not once per Langevin step."""
-        temb = jax.vmap(self.temb)(sinusoidal_embedding(t, self.embed_dim))
+        steps = level_inputs(self.level_values, t)
+        temb = jax.vmap(self.temb)(sinusoidal_embedding(steps, self.embed_dim))
         biases = tuple(jax.vmap(proj)(temb) for proj in self.level_proj)
         return (*biases, jax.vmap(self.readout)(self._act(temb)))
 

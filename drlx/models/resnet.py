@@ -12,6 +12,7 @@ from drlx.models.layers import (
     Conv2d,
     Dense,
     avg_pool2,
+    level_inputs,
     power_iterate,
     precompute_convs,
     sinusoidal_embedding,
@@ -72,10 +73,12 @@ class ResNetEnergy(AbstractEnergyNetwork):
     width * mult, then 2x2 average pooling (not after the last resolution). No attention, no
     normalization layers; leaky ReLU (0.2); spectral normalization (one power iteration per
     `power_iteration()` call) on every conv and every dense layer if `spectral_norm`.
-    Level embedding: sinusoidal(t, embed_dim) -> Dense(4 width) -> act -> Dense(4 width).
+    Level embedding: sinusoidal(level_values[t], or t, embed_dim) -> Dense(4 width) -> act ->
+    Dense(4 width).
     """
 
     embed_dim: int = eqx.field(static=True)
+    level_values: Float[Array, " T"] | None
     temb: tuple[Dense, Dense]
     conv_in: Conv2d
     stages: tuple[tuple[ResidualBlock, ...], ...]
@@ -90,11 +93,13 @@ class ResNetEnergy(AbstractEnergyNetwork):
         embed_dim: int,
         spectral_norm: bool,
         key: PRNGKeyArray,
+        level_values: Float[Array, " T"] | None = None,
     ):
         num_blocks = blocks_per_resolution * len(channel_mults)
         k_t0, k_t1, k_in, k_out, *k_blocks = jax.random.split(key, 4 + num_blocks)
         temb_dim = 4 * width
         self.embed_dim = embed_dim
+        self.level_values = level_values  # None: the level index itself is embedded
         self.temb = (
             Dense(embed_dim, temb_dim, spectral_norm, k_t0),
             Dense(temb_dim, temb_dim, spectral_norm, k_t1),
@@ -114,7 +119,8 @@ class ResNetEnergy(AbstractEnergyNetwork):
     def embed(self, t: Int[Array, " N"]) -> tuple[Array, ...]:
         """Level-only parts, once per chain: each block's level bias and the read-out vector."""
         dense0, dense1 = self.temb
-        temb = dense1(_act(dense0(sinusoidal_embedding(t, self.embed_dim))))
+        steps = level_inputs(self.level_values, t)
+        temb = dense1(_act(dense0(sinusoidal_embedding(steps, self.embed_dim))))
         a = _act(temb)
         biases = tuple(block.temb_proj(a) for stage in self.stages for block in stage)
         return (*biases, self.readout(a))

@@ -10,7 +10,6 @@ from jaxtyping import Array, PRNGKeyArray
 from drlx.energy import ConditionalEBM
 from drlx.experiment import Experiment
 from drlx.keys import per_example_normal
-from drlx.models.base import AbstractEnergyNetwork
 from drlx.progress import progress_bar
 from drlx.samplers.base import AbstractSampler
 from drlx.samplers.progressive import generate
@@ -18,11 +17,11 @@ from drlx.sharding import check_divisible, make_mesh, replicate, shard_batch, to
 
 
 @eqx.filter_jit
-def _chunk(ebm: ConditionalEBM, sampler: AbstractSampler, key: PRNGKeyArray, index: Array, shape):
+def _chunk(ebm, sampler: AbstractSampler, key: PRNGKeyArray, index: Array, shape, tweedie: bool):
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
     # levels 0..T-1 fold in their index (in generate); the top noise folds in T
     x_top = per_example_normal(keys, ebm.schedule.num_levels, jnp.zeros((len(index), *shape)))
-    return generate(ebm, sampler, x_top, keys)[0]
+    return generate(ebm, sampler, x_top, keys, tweedie)[0]
 
 
 def sample_many(
@@ -34,6 +33,7 @@ def sample_many(
     chunk: int,
     progress: bool = True,
     mesh: Mesh | None = None,
+    tweedie: bool = False,
 ) -> np.ndarray:
     """Generate `num` samples from white noise, `chunk` chains at a time.
 
@@ -46,6 +46,7 @@ def sample_many(
         chunk: chains per jitted call (the last call is padded and trimmed).
         progress: show a progress bar.
         mesh: devices to split each chunk's chains over (None: the default device).
+        tweedie: end with Tweedie's denoising step.
 
     Returns:
         (num, *shape) float32 samples x_0.
@@ -59,20 +60,21 @@ def sample_many(
         index = jnp.arange(start, start + chunk)
         if mesh is not None:
             index = shard_batch(index, mesh)
-        out.append(to_host(_chunk(ebm, sampler, key, index, shape)))
+        out.append(to_host(_chunk(ebm, sampler, key, index, shape, tweedie)))
         bar.update(min(chunk, num - start))
     bar.close()
     return np.concatenate(out)[:num]
 
 
-def sample(exp: Experiment, network: AbstractEnergyNetwork, num: int | None = None) -> np.ndarray:
+def sample(exp: Experiment, ebm: ConditionalEBM, num: int | None = None) -> np.ndarray:
     """Samples x_0 of a trained experiment, from white noise down the levels with the
-    evaluation sampler: sample i uses fold_in(exp.key("sample"), i), so the first samples do
-    not change with `num`, the chunk size or the device count.
+    evaluation sampler (then Tweedie's step if the spec asks): sample i uses
+    fold_in(exp.key("sample"), i), so the first samples do not change with `num`, the chunk
+    size or the device count.
 
     Arguments:
         exp: the experiment.
-        network: its energy network (usually the EMA weights).
+        ebm: its conditional EBMs, `exp.ebm(network, initializer)` (usually EMA weights).
         num: how many (default: the spec's evaluate.num_samples).
 
     Returns:
@@ -81,7 +83,7 @@ def sample(exp: Experiment, network: AbstractEnergyNetwork, num: int | None = No
     num = exp.evaluate.num_samples if num is None else num
     runtime = exp.runtime
     return sample_many(
-        exp.ebm(network),
+        ebm,
         exp.eval_sampler,
         exp.key("sample"),
         num,
@@ -89,4 +91,5 @@ def sample(exp: Experiment, network: AbstractEnergyNetwork, num: int | None = No
         min(runtime.sample_batch_size, num),
         runtime.progress,
         make_mesh(runtime.devices),
+        exp.tweedie,
     )

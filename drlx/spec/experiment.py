@@ -10,6 +10,7 @@ from drlx.spec.data import DataSpec
 from drlx.spec.density import Density
 from drlx.spec.diffusion import DiffusionSpec
 from drlx.spec.evaluate import Evaluate
+from drlx.spec.initializer import InitializerSpec
 from drlx.spec.model import ModelSpec
 from drlx.spec.runtime import Runtime
 from drlx.spec.sampler import SamplerSpec
@@ -25,6 +26,8 @@ class ExperimentSpec(Block):
     diffusion: DiffusionSpec
     model: ModelSpec
     sampler: SamplerSpec
+    # CDRL's initializer; absent (DRL), every chain starts at its tether
+    initializer: InitializerSpec | None = None
     objective: Objective = Objective()
     train: Train = Train()
     density: Density = Density()

@@ -17,6 +17,8 @@ class MLPEnergy(Block):
     activation: Literal["silu", "softplus", "leaky_relu", "gelu"] = "silu"
     # f = g / k_t with k_t = s_t^2 (DRL) or sigma_{t+1}^2 (see drlx/energy.py)
     output_scale: Literal["step_size", "tether_variance"] = "step_size"
+    # the level as the network sees it: its index t, or CDRL's continuous time of its logSNR
+    level_embedding: Literal["index", "logsnr"] = "index"
     fourier_features: NonNegativeInt = 0
     fourier_scale: float = Field(1.0, gt=0)
 
@@ -30,6 +32,7 @@ class ResNetEnergy(Block):
     channel_mults: tuple[PositiveInt, ...] = (1, 2, 2, 2)
     embed_dim: PositiveInt = 128
     spectral_norm: bool = True
+    level_embedding: Literal["index", "logsnr"] = "index"
     # f = g / k_t with k_t = s_t^2 (DRL) or sigma_{t+1}^2 (see drlx/energy.py)
     output_scale: Literal["step_size", "tether_variance"] = "step_size"
 

@@ -15,6 +15,9 @@ class _Chain(Block):
     # drl: c_t^2 = sigmabar_t / sigmabar_0 (the paper's code); tether: c_t^2 = 1, so every level
     # takes the same fraction b^2 of its tether's variance per step.
     step_size_rule: Literal["drl", "tether"] = "drl"
+    # generation ends with Tweedie's denoising step x = (x_0 + sigmabar_0^2 score) / abar_0, the
+    # score from the level-0 EBM's own log-density (docs/method.md §11)
+    tweedie: bool = False
 
 
 class ULA(_Chain):

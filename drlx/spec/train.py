@@ -28,4 +28,6 @@ class Train(Block):
     # constant after the warm-up (the paper's), or cosine: decay to 0 at num_steps
     lr_schedule: Literal["constant", "cosine"] = "constant"
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    # clip the energy network's gradient to this global norm (CDRL: 1.0; DRL: none)
+    grad_clip: float | None = Field(None, gt=0)
     log_every: PositiveInt = 50

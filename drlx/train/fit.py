@@ -51,12 +51,18 @@ def fit(
         exp.weights,
         settings.shared_noise,
         settings.ema_decay,
+        exp.initializer_optimizer,
+        settings.initializer_ema_decay,
+        exp.proposal_std,
     )
     key = exp.key("train")
     batches = batch_iterator(
         train, settings.batch_size, seed=settings.data_seed, flip=settings.flip, rows=rows
     )
-    state, history = init_state(exp.init_network(), exp.optimizer), []
+    state = init_state(
+        exp.init_network(), exp.optimizer, exp.init_initializer(), exp.initializer_optimizer
+    )
+    history = []
     resumed = checkpointer.restore(state, key) if checkpointer else None
     if resumed is not None:
         state, history = resumed.state, resumed.history

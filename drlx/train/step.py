@@ -9,33 +9,61 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from drlx.batch import broadcast_to_example
+from drlx.cooperative import initializer_loss
 from drlx.diffusion import q_sample_pair
 from drlx.energy import ConditionalEBM
-from drlx.keys import example_keys, fold_each
+from drlx.keys import example_keys, fold_each, named_key
 from drlx.objective import recovery_likelihood_loss
 from drlx.samplers.base import AbstractSampler
 
 
 class TrainState(eqx.Module):
-    """Everything that changes during training. `ema` is what gets reported."""
+    """Everything that changes during training: each model with its EMA (what gets reported)
+    and its optimizer state. The initializer's three fields are None for DRL."""
 
     network: eqx.Module
     ema: eqx.Module
     opt_state: optax.OptState
     step: Array
+    initializer: eqx.Module | None = None
+    initializer_ema: eqx.Module | None = None
+    initializer_opt_state: optax.OptState | None = None
 
 
-def init_state(network: eqx.Module, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh state: EMA starts at the initial weights.
+def _strong(model: eqx.Module) -> eqx.Module:
+    """Weakly typed arrays (from Python scalars) made strong: the step returns strong types,
+    and a change of type between calls means a recompilation (seconds per step)."""
+    strong = lambda a: a.astype(a.dtype) if eqx.is_array(a) and a.weak_type else a  # noqa: E731
+    return jax.tree.map(strong, model)
 
-    Weakly typed arrays (from Python scalars) are made strong first: the step returns strong
-    types, and a change of type between calls means a recompilation (seconds per step).
-    """
-    network = jax.tree.map(
-        lambda a: a.astype(a.dtype) if eqx.is_array(a) and a.weak_type else a, network
+
+def init_state(
+    network: eqx.Module,
+    optimizer: optax.GradientTransformation,
+    initializer: eqx.Module | None = None,
+    initializer_optimizer: optax.GradientTransformation | None = None,
+) -> TrainState:
+    """A fresh state: the EMAs start at the initial weights."""
+    network = _strong(network)
+    opt_state = optimizer.init(eqx.filter(network, eqx.is_inexact_array))
+    state = TrainState(network, network, opt_state, jnp.zeros((), jnp.int32))
+    if initializer is None:
+        return state
+    initializer = _strong(initializer)
+    init_opt = initializer_optimizer.init(eqx.filter(initializer, eqx.is_inexact_array))
+    return eqx.tree_at(
+        lambda s: (s.initializer, s.initializer_ema, s.initializer_opt_state),
+        state,
+        (initializer, initializer, init_opt),
+        is_leaf=lambda x: x is None,
     )
-    params = eqx.filter(network, eqx.is_inexact_array)
-    return TrainState(network, network, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def _update(model, grads, optimizer, opt_state):
+    """One optimizer update of a model's floating-point leaves."""
+    params = eqx.filter(model, eqx.is_inexact_array)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return eqx.apply_updates(model, updates), opt_state
 
 
 def ema_update(ema: eqx.Module, network: eqx.Module, decay: float) -> eqx.Module:
@@ -47,30 +75,44 @@ def ema_update(ema: eqx.Module, network: eqx.Module, decay: float) -> eqx.Module
 
 
 def negatives(
-    ebm: ConditionalEBM, sampler: AbstractSampler, x_next: Array, t: Array, keys: PRNGKeyArray
+    ebm: ConditionalEBM,
+    sampler: AbstractSampler,
+    x_next: Array,
+    t: Array,
+    keys: PRNGKeyArray,
+    dropout_key: PRNGKeyArray | None = None,
 ) -> Array:
-    """y- : K Langevin steps on y started at the tether x~ = x_{t+1}."""
-    return sampler(ebm.target(x_next, t), x_next, ebm.step_sq[t], keys)
+    """y- : K Langevin steps on y, started at the tether x~ = x_{t+1} (DRL) or at a draw of
+    the initializer's proposal (CDRL); no gradient flows through the chain's start."""
+    y0 = jax.lax.stop_gradient(ebm.start(x_next, t, keys, dropout_key))
+    return sampler(ebm.target(x_next, t), y0, ebm.step_sq[t], keys)
 
 
 def make_train_step(
-    make_ebm: Callable[[eqx.Module], ConditionalEBM],
+    make_ebm: Callable[..., ConditionalEBM],
     sampler: AbstractSampler,
     optimizer: optax.GradientTransformation,
     weights: Float[Array, " T"],
     shared_noise: bool,
     ema_decay: float,
+    initializer_optimizer: optax.GradientTransformation | None = None,
+    initializer_ema_decay: float | None = None,
+    proposal_std: Float[Array, " T"] | None = None,
 ) -> Callable[[TrainState, Array, PRNGKeyArray], tuple[TrainState, dict]]:
-    """Build the jitted step (docs/method.md §5.3): t ~ U{0..T-1} per example, positives
+    """Build the jitted step (docs/method.md §5.3, §11): t ~ U{0..T-1} per example, positives
     y+ = a_{t+1} x_t, negatives from the chain, Adam on the weighted loss, EMA of the weights.
+    With an initializer in the state (CDRL) the chains start at its proposal, and after the
+    energy network's update it is updated on the same chains (`initializer_loss`).
 
     Arguments:
-        make_ebm: network -> the conditional EBMs built on it (schedule, step sizes, scale).
+        make_ebm: (network, initializer or None) -> the conditional EBMs built on them.
         sampler: the training Langevin sampler.
-        optimizer: the Optax optimizer.
+        optimizer: the energy network's Optax optimizer.
         weights: loss weight of each level.
         shared_noise: draw x_t and x_{t+1} with the same noise (CDRL).
-        ema_decay: decay of the EMA of the weights.
+        ema_decay: decay of the EMA of the energy network.
+        initializer_optimizer, initializer_ema_decay, proposal_std: the initializer's
+            optimizer, EMA decay and per-level proposal spread v_t (CDRL only).
     """
 
     @eqx.filter_jit
@@ -79,20 +121,20 @@ def make_train_step(
         # one power iteration of every spectral norm per step; the chain and the loss then use
         # fixed normalized weights, and the advanced vectors are carried in the new state
         network = state.network.power_iteration()
-        ebm = make_ebm(network)
+        ebm = make_ebm(network, state.initializer)
         schedule = ebm.schedule
         keys = example_keys(key, n)  # example i: level, noise and chain from fold_in(key, i)
         draw_level = lambda k: jax.random.randint(k, (), 0, schedule.num_levels)  # noqa: E731
         t = jax.vmap(draw_level)(fold_each(keys, 0))
         x_t, x_next = q_sample_pair(schedule, x0, t, fold_each(keys, 1), shared_noise)
         y_pos = broadcast_to_example(schedule.a_out[t + 1], x_t) * x_t
-        y_neg = negatives(ebm, sampler, x_next, t, fold_each(keys, 2))
+        chain_keys = fold_each(keys, 2)
+        dropout_key = None if state.initializer is None else named_key(key, "dropout")
+        y_neg = negatives(ebm, sampler, x_next, t, chain_keys, dropout_key)
         loss, grads = eqx.filter_value_and_grad(recovery_likelihood_loss)(
             network, y_pos, y_neg, t, weights
         )
-        params = eqx.filter(network, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        network = eqx.apply_updates(network, updates)
+        network, opt_state = _update(network, grads, optimizer, state.opt_state)
         new_state = TrainState(
             network, ema_update(state.ema, network, ema_decay), opt_state, state.step + 1
         )
@@ -102,6 +144,26 @@ def make_train_step(
             # a diverging chain shows here long before the loss stops being finite
             "chain_max_abs": jnp.max(jnp.abs(y_neg)),
         }
+        if state.initializer is None:
+            return new_state, metrics
+        init_loss, init_grads = eqx.filter_value_and_grad(initializer_loss)(
+            state.initializer, proposal_std, x_next, t, chain_keys, y_neg, dropout_key
+        )
+        initializer, init_opt_state = _update(
+            state.initializer, init_grads, initializer_optimizer, state.initializer_opt_state
+        )
+        new_state = eqx.tree_at(
+            lambda s: (s.initializer, s.initializer_ema, s.initializer_opt_state),
+            new_state,
+            (
+                initializer,
+                ema_update(state.initializer_ema, initializer, initializer_ema_decay),
+                init_opt_state,
+            ),
+            is_leaf=lambda x: x is None,
+        )
+        metrics["initializer_loss"] = init_loss
+        metrics["initializer_grad_norm"] = optax.tree.norm(init_grads)
         return new_state, metrics
 
     return train_step
