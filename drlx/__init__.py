@@ -26,7 +26,7 @@ add_default_flags()
 _API = {
     "load_spec": "drlx.spec.load",
     "SpecError": "drlx.spec.load",
-    "build": "drlx.build",
+    "build": "drlx.builder",
     "Experiment": "drlx.experiment",
     "fit": "drlx.train.fit",
     "sample": "drlx.samplers.many",

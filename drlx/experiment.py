@@ -1,4 +1,4 @@
-"""What a spec compiles to (drlx/build.py): the objects and the typed settings of every engine.
+"""What a spec compiles to (drlx/builder.py): the objects and the typed settings of every engine.
 
 Engines take an `Experiment` or its parts, never the spec; this module imports no spec code.
 """

@@ -1,4 +1,4 @@
-"""The typed settings each engine takes, filled in by drlx/build.py from a validated spec.
+"""The typed settings each engine takes, filled in by drlx/builder.py from a validated spec.
 
 Plain frozen records: no defaults that matter to a result (those live in the spec classes), no
 imports of engine code, so a stage that needs one setting does not depend on every engine.

@@ -14,7 +14,7 @@ import atexit
 import os
 import sys
 
-from drlx.build import build
+from drlx.builder import build
 from drlx.experiment import Experiment
 from drlx.ledger import StageRun
 from drlx.spec import SpecError, load_spec

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from drlx.build import build
+from drlx.builder import build
 from drlx.data.pipeline import batch_iterator
 from drlx.sharding import check_process_order, make_mesh, process_rows, shard_local_batch, to_host
 from drlx.spec import load_spec

@@ -11,7 +11,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from drlx.build import build
+from drlx.builder import build
 from drlx.samplers.many import sample_many
 from drlx.sharding import make_mesh
 from drlx.spec import load_spec

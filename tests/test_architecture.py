@@ -1,6 +1,6 @@
 """The package's structure, checked from its imports: engines never import the spec package
-(only drlx/build.py turns a spec into objects), no module reaches into another's private names,
-and the public API names what it says."""
+(only drlx/builder.py turns a spec into objects), no module reaches into another's private
+names, and the public API names what it says."""
 
 import ast
 import shutil
@@ -33,11 +33,11 @@ def engine_files(root: Path) -> list[Path]:
 
 
 def spec_imports(root: Path) -> dict[str, list[str]]:
-    """Engine module -> the import chain by which it reaches the spec package or build.py."""
+    """Engine module -> the import chain by which it reaches the spec package or builder.py."""
     found = {}
     for path in engine_files(root):
         for dep in code_deps(path, root):
-            if dep.startswith("drlx/spec/") or dep == "drlx/build.py":
+            if dep.startswith("drlx/spec/") or dep == "drlx/builder.py":
                 found[str(path.relative_to(root))] = import_chain(path, root / dep, root)
                 break
     return found
@@ -109,6 +109,12 @@ def test_public_api_names_resolve_and_import_lazily():
         "for name in drlx.__all__:\n"
         "    assert getattr(drlx, name) is not None, name\n"
         "assert 'drlx.train.fit' in sys.modules\n"
+        # importing a submodule sets it as an attribute of the package: no API name may be one
+        "import importlib, pkgutil, types\n"
+        "for m in pkgutil.walk_packages(drlx.__path__, 'drlx.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "for name in drlx.__all__:\n"
+        "    assert not isinstance(getattr(drlx, name), types.ModuleType), name\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import tiny_toy_spec
 
-from drlx.build import build
+from drlx.builder import build
 from drlx.spec import load_spec
 from drlx.train.checkpoint import Checkpointer
 from drlx.train.loop import NonFiniteLossError, train_loop

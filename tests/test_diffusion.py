@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drlx.build import loss_weights
+from drlx.builder import loss_weights
 from drlx.diffusion import (
     continuous_time,
     cosine_logsnr_schedule,

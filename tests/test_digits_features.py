@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_stage_errors import PYTHON, REPO
 
-from drlx.build import build_data
+from drlx.builder import build_data
 from drlx.data import images
 from drlx.evaluate import digits_features as dfe
 from drlx.evaluate.feature_metrics import feature_frechet_distance

@@ -7,7 +7,7 @@ import pytest
 from helpers import BATCHES, cifar_records, write_tar
 from PIL import Image
 
-from drlx.build import build_data
+from drlx.builder import build_data
 from drlx.data import images
 from drlx.data.pipeline import batch_iterator
 from drlx.spec import data as data_spec

@@ -17,7 +17,7 @@ import pytest
 from helpers import FULL_SPEC, AbstractFixedNetwork, replace_once, write
 from jaxtyping import Array
 
-from drlx.build import build
+from drlx.builder import build
 from drlx.density.longrun import (
     drift_verdict,
     long_run,

@@ -8,7 +8,7 @@ import optax
 import pytest
 from helpers import random_mlp
 
-from drlx.build import build_optimizer, loss_weights
+from drlx.builder import build_optimizer, loss_weights
 from drlx.diffusion import drl_linear_schedule
 from drlx.energy import ConditionalEBM
 from drlx.objective import recovery_likelihood_loss, recovery_likelihood_terms

@@ -10,7 +10,7 @@ import pytest
 from helpers import BATCHES, cifar_records, write_tar
 from PIL import Image
 
-from drlx.build import build, build_data
+from drlx.builder import build, build_data
 from drlx.samplers.many import sample_many
 from drlx.spec import ExperimentSpec, load_raw
 from drlx.train.fit import fit

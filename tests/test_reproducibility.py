@@ -16,6 +16,7 @@ from typer.testing import CliRunner, Result
 from drlx.audit import Auditor
 from drlx.cli import app
 from drlx.io import md5_file
+from drlx.ledger import flatten_metrics
 from drlx.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,8 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
     metrics = (out / "metrics.json").read_text()
     model = md5_file(out / "model.eqx")
     records = {s: json.loads((out / f"ledger/{s}.json").read_text()) for s in STAGES}
-    assert records["evaluate"]["metrics"]["runs/tiny/metrics.json"] == json.loads(metrics)
+    recorded = records["evaluate"]["metrics"]["runs/tiny/metrics.json"]
+    assert recorded == flatten_metrics(json.loads(metrics))
     assert records["prepare"]["environment"]["git"]["dirty"] is False
     shutil.rmtree(repo / "runs")
     shutil.rmtree(repo / ".dvc/cache")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drlx.build import network_factory
+from drlx.builder import network_factory
 from drlx.diffusion import continuous_time, drl_linear_schedule
 from drlx.models.layers import Conv2d, Dense, conv2d, spectral_norm_estimate, weight_matrix
 from drlx.models.mlp import MLPEnergy

@@ -515,7 +515,7 @@ def test_spec_selects_sampler_and_generates(tmp_path, kind, key):
     network reaches, level by level, the exact conditionals (long chains, h = 0.2 sigma^2)."""
     from helpers import FULL_SPEC, replace_once, write
 
-    from drlx.build import build
+    from drlx.builder import build
     from drlx.spec import load_spec
 
     old = "  kind: ula\n  num_steps: 30\n  step_size_b2: 4e-3\n"
