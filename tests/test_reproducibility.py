@@ -110,7 +110,7 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
     pngs = sorted(p.name for p in (repo / "runs/tiny").glob("*.png"))
     assert len(pngs) == 5 and text.count("data:image/png;base64,") == len(pngs)
     assert "sliced_wasserstein" in text
-    assert "| runs/tiny/metrics.json | mmd2 |" in md.read_text()
+    assert "| runs/tiny/metrics.json | mmd2.model.mean |" in md.read_text()
     assert "not run here" in md.read_text() and "| fail |" not in md.read_text()
 
     # Tamper with a copy: each change fails the audit and names what changed.
