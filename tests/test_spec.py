@@ -171,7 +171,11 @@ def test_base_that_extends_is_rejected(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(write(tmp_path, "child.yaml", CHILD))
     (problem,) = info.value.problems
-    assert problem.startswith(f"{base_path}:{line_of(base_text, 'extends:')}: extends")
+    # located at the `extends:` line of the spec that names the base, which is named too
+    assert problem.startswith(f"{tmp_path / 'child.yaml'}:{line_of(CHILD, 'extends:')}: extends: ")
+    assert (
+        f"{base_path} extends another spec at its line {line_of(base_text, 'extends:')}" in problem
+    )
 
 
 # ---- scientific hash --------------------------------------------------------------------------
@@ -209,6 +213,7 @@ SWITCHED_ON = {
     ("initializer",): {"kind": "mlp"},
     ("train", "grad_clip"): 1.0,
     ("evaluate", "draw_size"): 7,
+    ("sampler", "generation"): {"kind": "underdamped"},
 }
 
 

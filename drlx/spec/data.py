@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt
 
-from drlx.spec.base import Block
+from drlx.spec.base import MAX_CHANNELS, Block, Examples, FilePath, ImageSide
 
 ToyName = Literal["eight_gaussians", "checkerboard", "two_moons", "swiss_roll", "rings"]
 
@@ -14,8 +14,8 @@ class Toy2DData(Block):
 
     kind: Literal["toy2d"]
     name: ToyName
-    num_train: PositiveInt = 50_000
-    num_heldout: PositiveInt = 5_000
+    num_train: Examples = 50_000
+    num_heldout: Examples = 5_000
 
 
 class DigitsData(Block):
@@ -32,7 +32,7 @@ class Cifar10Data(Block):
     sets = the two halves of the 10k test set."""
 
     kind: Literal["cifar10"]
-    path: str = "data/raw/cifar10/cifar-10-binary.tar.gz"
+    path: FilePath = "data/raw/cifar10/cifar-10-binary.tar.gz"
     flip: bool = True
 
 
@@ -41,9 +41,9 @@ class ImageFolderData(Block):
     resized to size x size, split at random by the experiment seed."""
 
     kind: Literal["image_folder"]
-    path: str
-    size: PositiveInt
-    num_heldout: PositiveInt = 5_000
+    path: FilePath
+    size: ImageSide
+    num_heldout: Examples = 5_000
     flip: bool = True
 
 
@@ -53,10 +53,13 @@ class NpzData(Block):
     building an experiment reads no files; preparing the data checks it against the array."""
 
     kind: Literal["npz"]
-    path: str
-    key: str = "images"
-    shape: tuple[PositiveInt, PositiveInt, PositiveInt]
-    num_heldout: PositiveInt = 5_000
+    path: FilePath
+    key: str = Field("images", min_length=1)
+    # a YAML list [H, W, C]: the container is not strict, its items are
+    shape: tuple[ImageSide, ImageSide, Annotated[int, Field(gt=0, le=MAX_CHANNELS)]] = Field(
+        strict=False
+    )
+    num_heldout: Examples = 5_000
     flip: bool = False
 
 

@@ -1,8 +1,22 @@
 """The `density:` block: settings of normalized-density estimation (AIS, long-run chains)."""
 
-from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
+from typing import Annotated
 
-from drlx.spec.base import Block
+from pydantic import Field, model_validator
+
+from drlx.spec.base import (
+    MAX_GRID,
+    MAX_LEVELS,
+    MAX_STEPS,
+    Batch,
+    Block,
+    ChainSteps,
+    Examples,
+    Steps,
+)
+
+Level = Annotated[int, Field(ge=0, lt=MAX_LEVELS)]  # a level's index
+Horizon = Annotated[int, Field(gt=0, le=MAX_STEPS)]
 
 
 class Density(Block):
@@ -17,27 +31,33 @@ class Density(Block):
     # make the importance weights heavy-tailed, gets check_chains_level_0 chains and
     # check_annealing_steps_level_0 temperatures (on the trained toys 4x the chains cut its
     # error 4x, 0.045 -> 0.011 nats; 3x with 800 temperatures: 0.014-0.019).
-    num_annealing_steps: PositiveInt = 200
-    num_chains: PositiveInt = 16
-    kernel_steps: PositiveInt = 1
+    num_annealing_steps: ChainSteps = 200
+    num_chains: Batch = 16
+    kernel_steps: ChainSteps = 1
     base_proposals: bool = False  # on trained toys: 2.6x the cost for less than its worth
     target_acceptance: float = Field(0.65, gt=0, lt=1)
-    top_chains: PositiveInt = 1024
-    num_heldout: PositiveInt = 150
-    num_quadrature_checks: PositiveInt = 102  # 17 per level of T6
-    quadrature_resolution: PositiveInt = Field(192, ge=16)
-    check_chains: PositiveInt = 128
-    check_annealing_steps: PositiveInt = 600
-    check_chains_level_0: PositiveInt = 384
-    check_annealing_steps_level_0: PositiveInt = 800
+    top_chains: Batch = 1024
+    num_heldout: Examples = 150
+    num_quadrature_checks: Batch = 102  # 17 per level of T6
+    quadrature_resolution: int = Field(192, ge=16, le=MAX_GRID)
+    check_chains: Batch = 128
+    check_annealing_steps: ChainSteps = 600
+    check_chains_level_0: Batch = 384
+    check_annealing_steps_level_0: ChainSteps = 800
     # long-run chains (drlx.density.longrun): each level's chain continued from its generated
     # sample with the tether fixed, traces recorded every long_run_thin steps
-    long_run_steps: PositiveInt = 10_000
-    long_run_chains: PositiveInt = Field(512, description="chains per level run long")
-    long_run_levels: tuple[NonNegativeInt, ...] = Field((0,), description="levels run long")
-    long_run_thin: PositiveInt = Field(100, description="steps between recorded trace points")
-    long_run_horizons: tuple[PositiveInt, ...] = Field(
-        (100, 1000), description="steps beyond K where quality is measured (also at K and end)"
+    long_run_steps: Steps = 10_000
+    long_run_chains: Batch = Field(512, description="chains per level run long")
+    # YAML lists: the containers are not strict, their items are
+    long_run_levels: tuple[Level, ...] = Field(
+        (0,), strict=False, max_length=MAX_LEVELS, description="levels run long"
+    )
+    long_run_thin: Steps = Field(100, description="steps between recorded trace points")
+    long_run_horizons: tuple[Horizon, ...] = Field(
+        (100, 1000),
+        strict=False,
+        max_length=1000,
+        description="steps beyond K where quality is measured (also at K and end)",
     )
     long_run_drift_ratio: float = Field(
         1.5, gt=1, description="drifts if SWD ratio at the end / at K exceeds this"

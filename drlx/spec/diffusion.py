@@ -2,13 +2,13 @@
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
-from drlx.spec.base import Block
+from drlx.spec.base import MAX_DIFFUSION_STEPS, MAX_LEVELS, Block
 
 
 class _Noise(Block):
-    num_levels: PositiveInt = 6
+    num_levels: int = Field(6, gt=0, le=MAX_LEVELS)
     # CDRL draws x_t and x_{t+1} from x with the same eps ("variance reduction"); DRL does not.
     shared_noise: bool = False
 
@@ -37,7 +37,7 @@ class Linear(_Noise):
     kind: Literal["linear"]
     beta_start: float = Field(1e-4, gt=0, lt=1)
     beta_end: float = Field(0.02, gt=0, lt=1)
-    num_diffusion_steps: PositiveInt = 1000
+    num_diffusion_steps: int = Field(1000, gt=0, le=MAX_DIFFUSION_STEPS)
 
     @model_validator(mode="after")
     def _enough_steps(self):

@@ -20,8 +20,10 @@ from drlx.spec.train import Objective, Train
 class ExperimentSpec(Block):
     """One experiment, as written in specs/NAME.yaml (after merging its base, if any)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
-    seed: int = Field(0, ge=0)
+    # names files and folders: at most 128 characters (file names stop at 255)
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=128)
+    # at most 2**32 - 1, the range of a 32-bit seed (jax.random.key overflows past 2**63 - 1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     data: DataSpec
     diffusion: DiffusionSpec
     model: ModelSpec

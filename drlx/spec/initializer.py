@@ -3,9 +3,17 @@ level's Langevin chain (docs/method.md §11). Absent: DRL, chains start at the t
 
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat
 
-from drlx.spec.base import Block
+from drlx.spec.base import (
+    MAX_IMAGE_SIDE,
+    MAX_RESOLUTIONS,
+    Block,
+    ChannelMult,
+    Interval,
+    Layers,
+    Width,
+)
 
 LevelEmbedding = Literal["index", "logsnr"]
 
@@ -23,7 +31,7 @@ class _Initializer(Block):
     weight_decay: NonNegativeFloat = 0.0
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: Interval = 0
     grad_clip: float | None = Field(1.0, gt=0, description="global gradient-norm clip (None: off)")
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     # the network sees the level as its index or as CDRL's continuous time of the logSNR
@@ -34,9 +42,9 @@ class MLPInitializer(_Initializer):
     """An MLP on the flattened tether (2D toys, 8x8 digits)."""
 
     kind: Literal["mlp"]
-    width: PositiveInt = 256
-    depth: PositiveInt = 3
-    embed_dim: PositiveInt = 64
+    width: Width = 256
+    depth: Layers = 3
+    embed_dim: Width = 64
     activation: Literal["silu", "softplus", "leaky_relu", "gelu"] = "silu"
 
 
@@ -45,12 +53,17 @@ class UNetInitializer(_Initializer):
     resolution, attention at 16x16 and 8x8, dropout 0.1, GroupNorm 32)."""
 
     kind: Literal["unet"]
-    width: PositiveInt = 64
-    channel_mults: tuple[PositiveInt, ...] = (1, 1, 1)
-    num_res_blocks: PositiveInt = 3
-    attention_resolutions: tuple[PositiveInt, ...] = (16, 8)
+    width: Width = 64
+    # YAML lists: the containers are not strict, their items are
+    channel_mults: tuple[ChannelMult, ...] = Field(
+        (1, 1, 1), strict=False, min_length=1, max_length=MAX_RESOLUTIONS
+    )
+    num_res_blocks: Layers = 3
+    attention_resolutions: tuple[Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)], ...] = Field(
+        (16, 8), strict=False, max_length=MAX_RESOLUTIONS
+    )
     dropout: float = Field(0.1, ge=0, lt=1)
-    groups: PositiveInt = 32
+    groups: Width = 32
 
 
 InitializerSpec = Annotated[MLPInitializer | UNetInitializer, Field(discriminator="kind")]

@@ -1,16 +1,16 @@
 """The `sampler:` block: the Langevin chain of each conditional EBM (docs/method.md §4)."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, model_validator
 
-from drlx.spec.base import Block
+from drlx.spec.base import Block, ChainSteps
 
 
 class _Chain(Block):
     """What every sampler shares: K steps per level of size s_t^2 = b^2 c_t^2 sigma_{t+1}^2."""
 
-    num_steps: PositiveInt = 30
+    num_steps: ChainSteps = 30
     step_size_b2: float = Field(2e-4, gt=0, description="b^2 in s_t^2 = b^2 c_t^2 sigma_{t+1}^2")
     # drl: c_t^2 = sigmabar_t / sigmabar_0 (the paper's code); tether: c_t^2 = 1, so every level
     # takes the same fraction b^2 of its tether's variance per step.
@@ -18,6 +18,31 @@ class _Chain(Block):
     # generation ends with Tweedie's denoising step x = (x_0 + sigmabar_0^2 score) / abar_0, the
     # score from the level-0 EBM's own log-density (docs/method.md §11)
     tweedie: bool = False
+    # generation's own chain (sample, evaluate, steps sweep, long runs) when it should differ
+    # from training's, e.g. `{kind: underdamped, friction: 0.3}` after ULA training. It shares
+    # this block's step sizes and Tweedie step; num_steps defaults to this block's. None: the
+    # training chain with its evaluation noise scale.
+    generation: Optional["SamplerSpec"] = None
+
+    @model_validator(mode="after")
+    def _generation_inherits(self):
+        gen = self.generation
+        if gen is None:
+            return self
+        inherited = ("step_size_b2", "step_size_rule", "tweedie")
+        shared = [k for k in inherited if getattr(gen, k) != getattr(self, k)]
+        shared += ["generation"] if gen.generation is not None else []
+        shared = [k for k in shared if k in gen.model_fields_set]
+        if shared:
+            raise ValueError(
+                f"sampler.generation: {shared} cannot be set here; generation shares "
+                "the sampler block's step sizes and Tweedie step (set them there)"
+            )
+        if "num_steps" not in gen.model_fields_set:
+            inherited += ("num_steps",)
+        update = {name: getattr(self, name) for name in inherited}
+        object.__setattr__(self, "generation", gen.model_copy(update=update))
+        return self
 
 
 class ULA(_Chain):
@@ -54,3 +79,5 @@ class Underdamped(_Chain):
 
 
 SamplerSpec = Annotated[ULA | MALA | Underdamped, Field(discriminator="kind")]
+for _chain in (ULA, MALA, Underdamped):
+    _chain.model_rebuild()

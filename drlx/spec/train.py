@@ -2,9 +2,9 @@
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field
 
-from drlx.spec.base import Block
+from drlx.spec.base import Batch, Block, Interval, Steps
 
 
 class Objective(Block):
@@ -19,15 +19,15 @@ class Objective(Block):
 class Train(Block):
     """Adam with linear warm-up and an EMA of the weights; everything reported uses the EMA."""
 
-    num_steps: PositiveInt = 10_000
-    batch_size: PositiveInt = 256
+    num_steps: Steps = 10_000
+    batch_size: Batch = 256
     learning_rate: float = Field(1e-4, gt=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
-    warmup_steps: int = Field(1000, ge=0)
+    warmup_steps: Interval = 1000
     # constant after the warm-up (the paper's), or cosine: decay to 0 at num_steps
     lr_schedule: Literal["constant", "cosine"] = "constant"
     ema_decay: float = Field(0.999, ge=0, lt=1)
     # clip the energy network's gradient to this global norm (CDRL: 1.0; DRL: none)
     grad_clip: float | None = Field(None, gt=0)
-    log_every: PositiveInt = 50
+    log_every: Steps = 50
