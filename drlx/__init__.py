@@ -26,6 +26,7 @@ add_default_flags()
 _API = {
     "load_spec": "drlx.spec.load",
     "SpecError": "drlx.spec.load",
+    "DrlxError": "drlx.errors",
     "build": "drlx.builder",
     "Experiment": "drlx.experiment",
     "fit": "drlx.train.fit",

@@ -6,9 +6,26 @@ from typing import Annotated
 
 import typer
 
+from drlx.errors import DrlxError
 from drlx.spec import ExperimentSpec, SpecError, load_spec
 
-app = typer.Typer(
+EXIT_KNOWN_FAILURE = 2
+
+
+class _App(typer.Typer):
+    """The command group; a known failure (DrlxError) that a command lets through prints
+    `error: <message>` and exits 2 without a traceback, like the stages (stages/common.py)."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except DrlxError as err:
+            for line in str(err).splitlines() or [type(err).__name__]:
+                typer.echo(f"error: {line}", err=True)
+            raise SystemExit(EXIT_KNOWN_FAILURE) from None
+
+
+app = _App(
     help="drlx: energy-based models by diffusion recovery likelihood.",
     no_args_is_help=True,
     add_completion=False,

@@ -5,11 +5,14 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import equinox as eqx
 import numpy as np
+
+from drlx.errors import InputError, InputNotFoundError, MissingArraysError
 
 
 @contextlib.contextmanager
@@ -40,16 +43,23 @@ def write_arrays(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def read_arrays(path: str | Path, *names: str) -> dict[str, np.ndarray]:
-    """Load named arrays from an .npz, refusing pickled objects; a missing file or array is an
-    error that names it."""
+    """Load named arrays from an .npz, refusing pickled objects; a missing file
+    (InputNotFoundError), a missing array (MissingArraysError) or an unreadable file
+    (InputError) is an error that names it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected an .npz file here (run the stage before this)")
-    with np.load(path, allow_pickle=False) as data:
-        missing = [n for n in names if n not in data.files]
-        if missing:
-            raise KeyError(f"{path}: missing arrays {missing}; found {data.files}")
-        return {n: data[n] for n in names}
+        raise InputNotFoundError(f"{path}: expected an .npz file here (run the stage before this)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [n for n in names if n not in data.files]
+            if missing:
+                raise MissingArraysError(f"{path}: missing arrays {missing}; found {data.files}")
+            return {n: data[n] for n in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # truncated, not an .npz
+        raise InputError(
+            f"{path}: cannot be read as an .npz file ({type(err).__name__}: {err}); "
+            "re-run the stage that writes it"
+        ) from None
 
 
 def save_model(path: str | Path, network: eqx.Module) -> None:
@@ -62,11 +72,11 @@ def load_model(path: str | Path, like: eqx.Module) -> eqx.Module:
     """Load arrays saved by `save_model` into a network of the same structure as `like`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no model file here (run the train stage first)")
+        raise InputNotFoundError(f"{path}: no model file here (run the train stage first)")
     try:
         return eqx.tree_deserialise_leaves(path, like)
     except Exception as err:  # truncated file, other architecture, not a model file
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot be read as this spec's model ({type(err).__name__}: {err}); "
             "was it written by another spec, or truncated?"
         ) from None

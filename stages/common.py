@@ -7,17 +7,26 @@ the stage's inputs and outputs are its deps and outs in dvc.yaml, and the record
 named `<folder>/ledger/<stage>.json`. Run by hand, a stage writes a record only with
 DRLX_LEDGER=1: arguments whose help starts with "output" are then its outputs, every other
 existing path its inputs.
+
+A stage's `if __name__ == "__main__":` runs its `main` through `run_stage`: a known failure
+(drlx.errors.DrlxError: an invalid spec, a missing or unreadable input, a diverged run) prints
+`error: <message>` on stderr and exits 2 without a traceback; anything else is a bug and keeps
+its traceback (exit 1). Either way no ledger record is written, and outputs, written through
+drlx.io's atomic writes, are either complete or absent.
 """
 
 import argparse
 import atexit
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 
 from drlx.builder import build
+from drlx.errors import DrlxError, InputError, InputNotFoundError, MissingArraysError
 from drlx.experiment import Experiment
 from drlx.ledger import StageRun
-from drlx.spec import SpecError, load_spec
+from drlx.spec import load_spec
 
 _run: StageRun | None = None
 
@@ -62,24 +71,47 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def load_experiment(spec_path: str) -> Experiment:
-    """Load, validate and build; on an invalid spec print every problem and exit 2, having
-    written nothing."""
-    try:
-        spec = load_spec(spec_path)
-    except SpecError as err:
-        if _run is not None:
-            _run.fail()
-        print(err, file=sys.stderr)
-        raise SystemExit(2) from None
+    """Load, validate and build. An invalid spec raises SpecError (a DrlxError: `run_stage`
+    prints every problem and exits 2) before the stage has written anything."""
+    spec = load_spec(spec_path)
     if _run is not None:
         _run.spec = spec
     return build(spec)
 
 
-def run_reporting_bad_input(run) -> None:
-    """Call a stage's `run()`; a missing or malformed input (FileNotFoundError, KeyError,
-    ValueError) ends it with a one-line message instead of a traceback (no ledger record)."""
+EXIT_KNOWN_FAILURE = 2
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's `main()`. A known failure (DrlxError) fails the ledger run, prints
+    `error: <message>` (each line of it) on stderr and exits EXIT_KNOWN_FAILURE, without a
+    traceback; any other exception propagates with its traceback."""
     try:
-        run()
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+        main()
+    except DrlxError as err:
+        if _run is not None:
+            _run.fail()
+        for line in str(err).splitlines() or [type(err).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(EXIT_KNOWN_FAILURE) from None
+
+
+@contextlib.contextmanager
+def input_checks(*types: type[Exception]) -> Iterator[None]:
+    """Around a call that validates an input with built-in exceptions (e.g. drlx.evaluate's
+    loaders): an exception of `types` raised in the block is a known failure, re-raised with
+    its message as InputNotFoundError (FileNotFoundError), MissingArraysError (KeyError) or
+    InputError (anything else). Keep the block to the validating call, so a bug elsewhere
+    keeps its traceback."""
+    try:
+        yield
+    except DrlxError:
+        raise
+    except types as err:
+        message = str(err.args[0]) if len(err.args) == 1 else str(err)
+        if isinstance(err, FileNotFoundError):
+            raise InputNotFoundError(message) from None
+        if isinstance(err, KeyError):
+            raise MissingArraysError(message) from None
+        raise InputError(message) from None

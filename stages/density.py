@@ -2,7 +2,7 @@
 (nats for toys, bits/dim for images), for toys AIS checked against 2D quadrature, and long-run
 chains."""
 
-from common import load_experiment, parser
+from common import load_experiment, parser, run_stage
 
 from drlx.density.estimate import estimate_density
 from drlx.evaluate.plots import long_run_figure
@@ -28,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

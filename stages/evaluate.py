@@ -1,6 +1,6 @@
 """Stage 4: sample-quality metrics against held-out data, and the learned level-0 density."""
 
-from common import load_experiment, parser
+from common import load_experiment, parser, run_stage
 
 from drlx.evaluate.quality import evaluate_samples
 from drlx.io import read_arrays, write_json
@@ -23,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,7 +1,7 @@
 """Digits only: sample quality in the feature space of the digits classifier (features stage):
 Frechet distance, KID, precision/recall and class shares, each next to its held-out floor."""
 
-from common import load_experiment, parser
+from common import input_checks, load_experiment, parser, run_stage
 
 from drlx.evaluate.digits_features import (
     ARRAY_NAMES,
@@ -23,10 +23,13 @@ def main() -> None:
     p.add_argument("--plot", required=True, help="output: class shares, samples vs held-out (PNG)")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    require_digits(exp.data, args.spec, "the feature_metrics stage")
+    with input_checks(ValueError):
+        require_digits(exp.data, args.spec, "the feature_metrics stage")
     data = read_arrays(args.data, "heldout", "heldout_b")
     samples = read_arrays(args.samples, "samples")["samples"]
-    extractor = classifier_from_arrays(read_arrays(args.features, *ARRAY_NAMES), args.features)
+    arrays = read_arrays(args.features, *ARRAY_NAMES)
+    with input_checks(KeyError, ValueError):  # an extractor of another shape
+        extractor = classifier_from_arrays(arrays, args.features)
     metrics = digits_metrics(
         samples, data["heldout"], data["heldout_b"], extractor, exp.evaluate.num_draws,
         exp.evaluate.draw_size,
@@ -37,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

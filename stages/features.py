@@ -1,8 +1,9 @@
 """Digits only: train the feature extractor of the digits metrics (a small classifier) on the
 training split; write its weights and its held-out accuracy."""
 
-from common import load_experiment, parser
+from common import input_checks, load_experiment, parser, run_stage
 
+from drlx.errors import MissingArraysError
 from drlx.evaluate.digits_features import (
     classifier_to_arrays,
     fit_feature_extractor,
@@ -19,16 +20,17 @@ def main() -> None:
     p.add_argument("--metrics", required=True, help="output: held-out accuracy (JSON)")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    require_digits(exp.data, args.spec, "the features stage")
+    with input_checks(ValueError):
+        require_digits(exp.data, args.spec, "the features stage")
     try:
         data = read_arrays(args.data, *labelled_split_names())
-    except KeyError as err:
+    except MissingArraysError as err:
         hint = "re-run the prepare stage (it writes the digits' labels)"
-        raise KeyError(f"{err.args[0]}; {hint}") from None
+        raise MissingArraysError(f"{err}; {hint}") from None
     model, metrics = fit_feature_extractor(data, exp.key("digits_features"))
     write_arrays(args.out, **classifier_to_arrays(model))
     write_json(args.metrics, {"experiment": exp.name, "spec_hash": exp.scientific_hash, **metrics})
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,8 +1,9 @@
 """FID, Inception Score and KID of model samples against a data set's reference statistics
 (from stages/fid_reference.py, computed with the same Inception weights)."""
 
-from common import load_experiment, parser, run_reporting_bad_input
+from common import input_checks, load_experiment, parser, run_stage
 
+from drlx.errors import InputError
 from drlx.evaluate.fid import inception_outputs, sample_metrics, to_uint8
 from drlx.evaluate.inception import load_inception, resolve_weights_path
 from drlx.io import read_arrays, sha256_file, write_json
@@ -10,7 +11,7 @@ from drlx.io import read_arrays, sha256_file, write_json
 STATISTICS = ("mu", "sigma", "num_images", "kid_features", "weights_sha256")
 
 
-def run() -> None:
+def main() -> None:
     p = parser(__doc__)
     p.add_argument("--samples", required=True, help="samples from the sample stage (.npz)")
     p.add_argument("--reference", required=True, help="statistics from the fid_reference stage")
@@ -18,19 +19,21 @@ def run() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per Inception pass")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    weights = resolve_weights_path(exp.evaluate.inception_weights)
+    with input_checks(FileNotFoundError, ValueError):  # the weights: missing, unreadable
+        weights = resolve_weights_path(exp.evaluate.inception_weights)
+        inception = load_inception(weights)
     reference = read_arrays(args.reference, *STATISTICS)
     sha = sha256_file(weights)
     if str(reference["weights_sha256"]) != sha:
-        raise ValueError(
+        raise InputError(
             f"{args.reference}: computed with other Inception weights (sha256 "
             f"{reference['weights_sha256']}) than {weights} ({sha}); re-run fid_reference"
         )
     samples = read_arrays(args.samples, "samples")["samples"]
     if samples.ndim != 4 or samples.shape[-1] not in (1, 3):
-        raise ValueError(f"{args.samples}: 'samples' has shape {samples.shape}; FID needs images")
+        raise InputError(f"{args.samples}: 'samples' has shape {samples.shape}; FID needs images")
     features, logits = inception_outputs(
-        load_inception(weights), to_uint8(samples), args.batch_size, exp.runtime.progress
+        inception, to_uint8(samples), args.batch_size, exp.runtime.progress
     )
     metrics = sample_metrics(features, logits, reference)
     write_json(
@@ -46,4 +49,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    run_reporting_bad_input(run)
+    run_stage(main)

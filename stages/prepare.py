@@ -1,6 +1,6 @@
 """Stage 1: generate or read the dataset of a spec and split it."""
 
-from common import load_experiment, parser
+from common import load_experiment, parser, run_stage
 
 from drlx.io import write_arrays
 
@@ -14,4 +14,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,6 +1,6 @@
 """Stage 3: generate samples from white noise down the levels with the EMA weights."""
 
-from common import load_experiment, parser
+from common import load_experiment, parser, run_stage
 
 from drlx.evaluate.plots import samples_figure
 from drlx.io import read_arrays, write_arrays
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

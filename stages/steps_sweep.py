@@ -1,7 +1,7 @@
 """DRL against CDRL at equal compute: sample quality (ratio to the held-out floor, over repeated
-draws) against network passes per sample for K = 0, 5, 15, 30 Langevin steps per level."""
+draws) against network passes per sample for K = 0, 5, 7, 15, 30 Langevin steps per level."""
 
-from common import load_experiment, parser
+from common import input_checks, load_experiment, parser, run_stage
 
 from drlx.evaluate.digits_features import ARRAY_NAMES, classifier_from_arrays
 from drlx.evaluate.sweep import fd_quality, steps_sweep, swd_quality, sweep_figure
@@ -22,7 +22,9 @@ def main() -> None:
     drl = load_experiment(args.spec)  # loaded last: the ledger records this spec
     data = read_arrays(args.data, "heldout", "heldout_b")
     if args.features:
-        extractor = classifier_from_arrays(read_arrays(args.features, *ARRAY_NAMES), args.features)
+        arrays = read_arrays(args.features, *ARRAY_NAMES)
+        with input_checks(KeyError, ValueError):  # an extractor of another shape
+            extractor = classifier_from_arrays(arrays, args.features)
         quality, metric = fd_quality(drl, extractor, **data), "fd_over_floor"
     else:
         quality, metric = swd_quality(drl, **data), "swd_over_floor"
@@ -36,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,11 +1,20 @@
-"""Stage 2: train the conditional EBMs by recovery likelihood; save the EMA weights."""
+"""Stage 2: train the conditional EBMs by recovery likelihood; save the EMA weights.
 
-from common import load_experiment, parser
+Training resumes from the newest usable checkpoint in --checkpoints (the folder of the spec's
+training hash), and then says so with one line on stderr: `resumed from step N`."""
+
+import sys
+
+from common import load_experiment, parser, run_stage
 
 from drlx.evaluate.plots import loss_curve
 from drlx.io import read_arrays, save_model, write_json
 from drlx.train.checkpoint import Checkpointer
 from drlx.train.fit import fit
+
+
+def report_resumed(step: int) -> None:
+    print(f"resumed from step {step}", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -19,7 +28,9 @@ def main() -> None:
     exp = load_experiment(args.spec)
     train = read_arrays(args.data, "train")["train"]
     checkpointer = Checkpointer(args.checkpoints, exp.training_hash)
-    state, history = fit(exp, train, checkpointer, progress=exp.runtime.progress)
+    state, history = fit(
+        exp, train, checkpointer, progress=exp.runtime.progress, on_resume=report_resumed
+    )
     save_model(args.model, (state.ema, state.initializer_ema))
     write_json(args.history, history)
     loss_curve(
@@ -31,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -145,6 +145,10 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
 
 
 # ---- a tiny toy spec for tests that run training ----
+# CDRL's initializer block for tiny_toy_spec: a second model, optimizer and EMA in the state
+INITIALIZER = {"kind": "mlp", "width": 32, "depth": 2, "learning_rate": 1e-3, "ema_decay": 0.99}
+
+
 def tiny_toy_spec(path: Path, name: str, **blocks: dict) -> Path:
     """Write a spec extending specs/bases/toy2d.yaml with a small two_moons set and a small MLP;
     `blocks` (e.g. train={...}) are merged over those defaults block by block."""

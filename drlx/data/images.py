@@ -14,6 +14,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from drlx.errors import InputError, InputNotFoundError
+
 CIFAR10_HINT = (
     "put cifar-10-binary.tar.gz (from the official site, binary version) at "
     "data/raw/cifar10/cifar-10-binary.tar.gz, or set data.path in the spec"
@@ -26,11 +28,11 @@ CIFAR10_MEMBERS = {
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset file is malformed: the message names the file and what was expected."""
 
 
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
+class DatasetNotFoundError(DatasetError, InputNotFoundError):
     """A dataset file is missing: the message names it and where to put it."""
 
 

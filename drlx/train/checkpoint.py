@@ -6,9 +6,24 @@ restore the newest checkpoint that reads back whole (and matches its checksum) w
 or corrupt one is reported and skipped. Checkpoints of another spec live in another folder
 (named by the spec's training hash), so a spec edited in anything training reads never
 resumes a stale run.
+
+A run can be killed at any moment (SIGKILL, a preempted machine), so no moment may leave the
+folder in a state Orbax trips over when the run resumes:
+- mid-save: Orbax writes a step as `<step>.orbax-checkpoint-tmp` and renames it when complete;
+  a leftover is removed when the next run opens the folder (`cleanup_tmp_directories`). Left
+  alone, Orbax warns "Attempted to create temporary directory ... which already exists" when
+  the resumed run reaches that step again.
+- mid-delete: Orbax drops the oldest step (`max_to_keep`) by unlinking its files one by one, and
+  a kill there left a `<step>` folder without its files, which Orbax still lists as a finished
+  step (with atomic renames the name alone says "complete"): it then warned "Metadata file does
+  not exist: .../<step>/_CHECKPOINT_METADATA", and restore had one more broken step to skip.
+  Now Orbax only renames a dropped step into `TRASH` (atomic: the step is whole or gone), which
+  is emptied after every save and when the folder is opened. A step folder without Orbax's
+  completion files (from a kill before this scheme) is removed when the folder is opened.
 """
 
 import hashlib
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +34,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jaxtyping import PRNGKeyArray
 
+from drlx.errors import CheckpointError
 from drlx.train.step import TrainState
+
+# a sub-folder of the checkpoint folder where Orbax moves the steps it drops; emptied by us
+TRASH = "dropped"
+# files Orbax (0.12) writes into a step before renaming it into place: a step folder missing
+# one of them was cut short by a kill while it was being deleted
+COMPLETE_MARKERS = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 def _arrays(state: TrainState) -> dict[str, np.ndarray]:
@@ -50,31 +72,65 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, spec_hash: str, max_to_keep: int = 2):
         self.directory = Path(directory).absolute() / spec_hash[:16]
+        self.trash = self.directory / TRASH
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,  # saves cut short by a kill
+            todelete_subdir=TRASH,  # drop a step by one atomic rename
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            if jax.process_index() == 0:
+                self._remove_incomplete_steps()
+                self._empty_trash()
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as err:  # a file where the folder should be, no permission, ...
+            raise CheckpointError(
+                f"{self.directory}: cannot hold checkpoints ({type(err).__name__}: {err})"
+            ) from None
+
+    def _remove_incomplete_steps(self) -> None:
+        """Delete step folders that lack Orbax's completion files (see the module docstring)."""
+        if not self.directory.is_dir():
+            return
+        for path in self.directory.iterdir():
+            complete = all((path / marker).is_file() for marker in COMPLETE_MARKERS)
+            if path.name.isdigit() and path.is_dir() and not complete:
+                shutil.rmtree(path)
+
+    def _empty_trash(self) -> None:
+        if self.trash.is_dir():
+            shutil.rmtree(self.trash)
 
     def save(
         self, state: TrainState, data_state: dict, history: list[dict], key: PRNGKeyArray
     ) -> None:
-        """Write a checkpoint at the state's step (atomically: Orbax renames when complete)."""
+        """Write a checkpoint at the state's step (atomically: Orbax renames when complete).
+
+        A checkpoint already at that step is one `restore` skipped as unusable (a run resumes
+        from the newest usable one): it is replaced."""
+        step = int(state.step)
+        if step in self.manager.all_steps():
+            self.manager.delete(step)
         arrays = _arrays(state)
         meta = {
-            "step": int(state.step),
+            "step": step,
             "data_state": data_state,
             "history": history,
             "key": np.asarray(jax.random.key_data(key)).tolist(),
             "sha256": _digest(arrays),
         }
         self.manager.save(
-            int(state.step),
+            step,
             args=ocp.args.Composite(
                 arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)
             ),
             force=True,
         )
         self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            self._empty_trash()  # the steps this save made Orbax drop
 
     def restore(self, template: TrainState, key: PRNGKeyArray) -> Resumed | None:
         """The newest readable checkpoint, or None when there is none.

@@ -1,5 +1,7 @@
 """Train an experiment from its training array: the engine behind stages/train.py."""
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 
@@ -23,6 +25,7 @@ def fit(
     train: np.ndarray,
     checkpointer: Checkpointer | None = None,
     progress: bool = True,
+    on_resume: Callable[[int], None] | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Train for exp.train.num_steps steps, resuming from the newest good checkpoint if any.
 
@@ -35,6 +38,7 @@ def fit(
         train: training examples in data space.
         checkpointer: where checkpoints go (None: no checkpoints, no resumption).
         progress: show a progress bar.
+        on_resume: called with the restored checkpoint's step when the run resumes one.
 
     Returns:
         The final state (report `state.ema`) and the logged loss history.
@@ -67,6 +71,8 @@ def fit(
     if resumed is not None:
         state, history = resumed.state, resumed.history
         batches.set_state(resumed.data_state)
+        if on_resume is not None:
+            on_resume(int(state.step))
 
     def save(state: TrainState, history: list[dict]) -> None:
         checkpointer.save(state, batches.get_state(), history, key)

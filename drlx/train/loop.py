@@ -6,6 +6,7 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from drlx.errors import DrlxError
 from drlx.progress import progress_bar
 from drlx.train.step import TrainState
 
@@ -15,14 +16,13 @@ from drlx.train.step import TrainState
 CHAIN_DIVERGED_ABS = 1e3
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(DrlxError, FloatingPointError):
     """Training diverged: a NaN or inf loss or gradient, or Langevin chains far off the data."""
 
 
 def _check(record: dict) -> None:
     advice = (
-        "; the last checkpoint before it is kept. Lower train.learning_rate or "
-        "sampler.step_size_b2"
+        "; the last checkpoint before it is kept. Lower train.learning_rate or sampler.step_size_b2"
     )
     if not (np.isfinite(record["loss"]) and np.isfinite(record["grad_norm"])):
         raise NonFiniteLossError(
