@@ -292,7 +292,7 @@ def build(spec: ExperimentSpec) -> Experiment:
         tweedie=spec.sampler.tweedie,
         optimizer=build_optimizer(spec.train),
         train_sampler=build_sampler(spec.sampler, training=True),
-        eval_sampler=build_sampler(spec.sampler, training=False),
+        eval_sampler=build_sampler(spec.sampler.generation or spec.sampler, training=False),
         train=train,
         evaluate=evaluate,
         density=density,

@@ -25,10 +25,11 @@ def run(spec_path: str, devices: int):
     train = np.random.default_rng(0).normal(size=(512, 2)).astype(np.float32) * 0.5
     state, history = fit(exp, train, progress=False)
     samples = sample_many(
-        exp.ebm(state.ema), exp.eval_sampler, exp.key("sample"), 64, exp.shape, 32,
-        progress=False, mesh=make_mesh(devices),
+        exp.ebm(state.ema, state.initializer_ema), exp.eval_sampler, exp.key("sample"), 64,
+        exp.shape, 32, progress=False, mesh=make_mesh(devices),
     )  # fmt: skip
-    leaves = jax.tree.leaves(eqx.filter(state.network, eqx.is_inexact_array))
+    # both models (the initializer is None for DRL), their EMAs and optimizer states
+    leaves = jax.tree.leaves(eqx.filter(state, eqx.is_inexact_array))
     return [np.asarray(x) for x in leaves], samples, [h["loss"] for h in history]
 
 

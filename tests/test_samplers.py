@@ -553,3 +553,37 @@ def test_spec_mala_has_no_noise_scale(tmp_path):
     text = replace_once(FULL_SPEC, "  kind: ula\n", "  kind: underdamped\n  friction: -1\n")
     with pytest.raises(SpecError, match="friction"):
         load_spec(write(tmp_path, "u.yaml", text))
+
+
+def test_spec_generation_sampler_differs_from_training(tmp_path, key):
+    """`sampler.generation` gives generation its own chain while training keeps the block's:
+    it inherits the step sizes and (unless set) K, refuses its own step size, and with K = 0
+    returns its start (CDRL's initializer alone) without running the dynamics."""
+    from helpers import FULL_SPEC, replace_once, write
+
+    from drlx.builder import build
+    from drlx.spec import SpecError, load_spec
+
+    old = "  kind: ula\n  num_steps: 30\n  step_size_b2: 4e-3\n"
+    gen = old + "  generation:\n    kind: underdamped\n    friction: 0.3\n"
+    exp = build(load_spec(write(tmp_path, "g.yaml", replace_once(FULL_SPEC, old, gen))))
+    assert isinstance(exp.train_sampler, ULA) and exp.train_sampler.num_steps == 30
+    assert isinstance(exp.eval_sampler, Underdamped)
+    assert exp.eval_sampler.num_steps == 30 and exp.eval_sampler.friction == 0.3
+    plain = build(load_spec(write(tmp_path, "p.yaml", FULL_SPEC)))
+    np.testing.assert_array_equal(np.asarray(exp.step_sq), np.asarray(plain.step_sq))
+    assert exp.scientific_hash != plain.scientific_hash
+
+    own_k = gen + "    num_steps: 7\n"
+    exp = build(load_spec(write(tmp_path, "k.yaml", replace_once(FULL_SPEC, old, own_k))))
+    assert exp.eval_sampler.num_steps == 7 and exp.train_sampler.num_steps == 30
+
+    bad = gen + "    step_size_b2: 1e-2\n"
+    with pytest.raises(SpecError, match="generation.*step_size_b2"):
+        load_spec(write(tmp_path, "b.yaml", replace_once(FULL_SPEC, old, bad)))
+
+    y0 = jax.random.normal(key, (8, 2))
+    none = Underdamped(0, 0.3, 1.0, True, diffrax.ALIGN())
+    target = lambda y: (jnp.zeros(y.shape[0]), jnp.full_like(y, jnp.nan))  # noqa: E731
+    out = none(target, y0, jnp.ones(8), per_example_keys(key, 8))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(y0))

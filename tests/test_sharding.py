@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import tiny_toy_spec
+from helpers import INITIALIZER, tiny_toy_spec
 
 from drlx.sharding import make_mesh
 
@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_one_and_four_devices_agree(tmp_path: Path):
+@pytest.mark.parametrize("cooperative", [False, True], ids=["drl", "cdrl"])
+def test_one_and_four_devices_agree(tmp_path: Path, cooperative: bool):
+    extra = {"initializer": INITIALIZER} if cooperative else {}
     spec = tiny_toy_spec(
         tmp_path / "shard.yaml", "shard", data={"num_train": 600, "num_heldout": 100},
         sampler={"num_steps": 8},
-        train={"num_steps": 20, "batch_size": 64, "log_every": 5, "warmup_steps": 5},
+        train={"num_steps": 20, "batch_size": 64, "log_every": 5, "warmup_steps": 5}, **extra,
     )  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = subprocess.run(

@@ -73,8 +73,8 @@ class Underdamped(AbstractSampler):
     solver: diffrax.ALIGN | diffrax.QUICSORT | diffrax.ShOULD
 
     def __check_init__(self):
-        if self.num_steps < 1:
-            raise ValueError(f"Underdamped: num_steps must be >= 1, got {self.num_steps}")
+        if self.num_steps < 0:
+            raise ValueError(f"Underdamped: num_steps must be >= 0, got {self.num_steps}")
         if not self.friction > 0:
             raise ValueError(f"Underdamped: friction must be > 0, got {self.friction}")
         if not self.noise_scale > 0:
@@ -99,8 +99,10 @@ class Underdamped(AbstractSampler):
                 increment of step k from fold_in(key, k)).
 
         Returns:
-            The positions after num_steps steps.
+            The positions after num_steps steps (y0 itself for none: CDRL's initializer alone).
         """
+        if self.num_steps == 0:
+            return y0
         temperature = self.noise_scale**2
         u = jnp.broadcast_to(broadcast_to_example(step_sq * temperature, y0), y0.shape)
         gamma = jnp.full(y0.shape, self.friction, y0.dtype)
