@@ -8,12 +8,17 @@ A difference is a *problem* (the audit fails) when the number no longer follows 
 checked in: a metric edited by hand, a spec edited, data or a model replaced, code changed
 since the run, a lock re-committed without re-running the stage. A cached file absent from the
 workspace, or an environment that differs from the run's, is only a *warning*.
+
+Every pipeline of the repository is covered: each `dvc.yaml` DVC finds (the root one,
+stages/paper/dvc.yaml, any a user adds) with the `dvc.lock` next to it. Lock paths are relative
+to their stage's `wdir`; they are rebased to the repository root, as the ledger records them.
+Stages of the root dvc.yaml are named as before (`prepare@digits`), those of other pipelines by
+DVC's address from the root (`stages/paper/dvc.yaml:fid@cifar10_t6`).
 """
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from drlx.ledger import is_ledger, md5_path, read_metrics, read_record
 
@@ -52,9 +57,14 @@ class Result:
 
 
 def find_root(start: str | Path = ".") -> Path:
-    """The closest folder at or above `start` holding dvc.yaml."""
+    """The DVC repository at or above `start`: the closest folder holding `.dvc/` (so from
+    stages/paper/ too, whose dvc.yaml is not the root one), else the closest holding dvc.yaml."""
     start = Path(start).resolve()
-    for folder in (start, *start.parents):
+    folders = (start, *start.parents)
+    for folder in folders:
+        if (folder / ".dvc").is_dir() and (folder / "dvc.yaml").is_file():
+            return folder
+    for folder in folders:
         if (folder / "dvc.yaml").is_file():
             return folder
     raise FileNotFoundError(f"{start}: no dvc.yaml here or above (not inside a drlx pipeline)")
@@ -68,6 +78,29 @@ def split_target(target: str) -> tuple[str, str | None]:
     return target, None
 
 
+def _display(dvcfile: str, name: str) -> str:
+    """A stage's name as DVC addresses it from the root: `NAME` in the root dvc.yaml,
+    `PATH/dvc.yaml:NAME` elsewhere."""
+    return name if dvcfile == "dvc.yaml" else f"{dvcfile}:{name}"
+
+
+def _read_lock(path: Path) -> dict:
+    """The `stages` of a dvc.lock, read as DVC writes it: YAML 1.2 (ruamel). PyYAML's YAML 1.1
+    reads a float such as `1e-05` (a learning rate of specs/cifar10_cdrl.yaml) as a string, which
+    then differs from the spec's value and fails the audit of every stage of that spec."""
+    from dvc.exceptions import DvcException
+    from dvc.utils.serialize import parse_yaml
+
+    try:
+        data = parse_yaml(path.read_text(), str(path)) or {}
+    except DvcException as err:
+        raise ValueError(f"{path}: not readable as YAML ({err})") from None
+    entries = (data.get("stages") or {}) if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path}: 'stages' is not a mapping")
+    return entries
+
+
 def _short(md5: str) -> str:
     return md5[:10] if md5 else "?"
 
@@ -78,17 +111,69 @@ class Auditor:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
-        lock = self.root / "dvc.lock"
-        if not lock.is_file():
+        self.lock: dict[str, dict] = {}  # stage (display name) -> its lock entry, paths rebased
+        self.pipeline: dict[str, str] = {}  # stage -> its dvc.yaml (relative to the root)
+        self.declared: dict[str, str] = {}  # metrics file declared in a dvc.yaml -> its stage
+        self.locks: list[str] = []  # the dvc.lock files read
+        for dvcfile, stages in self._pipelines().items():
+            lock = self.root / (os.path.splitext(dvcfile)[0] + ".lock")  # DVC's lock naming
+            for name, (_wdir, metrics) in stages.items():
+                for path in metrics:
+                    self.declared[path] = _display(dvcfile, name)
+            if not lock.is_file():
+                continue  # a pipeline never run: nothing of it to audit
+            self.locks.append(self.rel(lock))
+            entries = _read_lock(lock)
+            for name, entry in entries.items():
+                # a stage gone from dvc.yaml keeps its lock entry: its wdir is the file's folder
+                wdir = stages[name][0] if name in stages else (self.root / dvcfile).parent
+                stage = _display(dvcfile, name)
+                self.lock[stage] = self._rebase(entry or {}, wdir)
+                self.pipeline[stage] = dvcfile
+        if not self.locks:
+            lock = self.root / "dvc.lock"
             raise FileNotFoundError(f"{lock}: no dvc.lock (run `dvc repro` first)")
-        try:
-            self.lock = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-        except yaml.YAMLError as err:
-            raise ValueError(f"{lock}: not readable as YAML ({err})") from None
         self.producer = {
             out["path"]: name for name, entry in self.lock.items() for out in entry.get("outs", [])
         }
         self._md5: dict[str, dict | None] = {}
+
+    def _pipelines(self) -> dict[str, dict[str, tuple[Path, list[str]]]]:
+        """Every dvc.yaml of the repository (as DVC collects them, foreach resolved) ->
+        {stage name: (its wdir, its metrics files relative to the root)}; the root's first."""
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+        from dvc.stage import PipelineStage
+
+        out: dict[str, dict[str, tuple[Path, list[str]]]] = {"dvc.yaml": {}}
+        try:
+            with Repo(str(self.root)) as repo:
+                for stage in repo.index.stages:
+                    if not isinstance(stage, PipelineStage):  # a .dvc file: data, no lock
+                        continue
+                    dvcfile = self.rel(stage.dvcfile.path)
+                    metrics = [self.rel(o.fs_path) for o in stage.outs if o.metric]
+                    wdir = Path(stage.wdir).resolve()  # as the root: symlinks resolved
+                    out.setdefault(dvcfile, {})[stage.name] = (wdir, metrics)
+        except DvcException as err:
+            raise ValueError(f"{self.root}: DVC cannot read the pipelines ({err})") from None
+        return out
+
+    def _rebase(self, entry: dict, wdir: Path) -> dict:
+        """A lock entry with its deps', outs' and params files' paths relative to the root."""
+
+        def rebase(path: str) -> str:
+            if "://" in path:  # an external dependency (a URL): not a file of the repository
+                return path
+            return Path(os.path.relpath(wdir / path, self.root)).as_posix()
+
+        entry = dict(entry)
+        for group in ("deps", "outs"):
+            items = entry.get(group) or []
+            entry[group] = [{**item, "path": rebase(item["path"])} for item in items]
+        if entry.get("params"):
+            entry["params"] = {rebase(file): values for file, values in entry["params"].items()}
+        return entry
 
     # ------------------------------------------------------------------ helpers
 
@@ -106,19 +191,14 @@ class Auditor:
         return self._md5[path]
 
     def metrics_files(self) -> list[str]:
-        """Every file declared under `metrics:` in the root dvc.yaml (as DVC resolves it); the
-        audit reads the root dvc.lock, so other pipelines (stages/paper) are not covered yet."""
-        from dvc.repo import Repo
+        """Every file declared under `metrics:` in any dvc.yaml of the repository (as DVC
+        resolves them) that a stage has produced (listed in a dvc.lock) or that exists on disk
+        (a number without a lineage, which the audit fails); see `not_run` for the others."""
+        return sorted(p for p in self.declared if p in self.producer or (self.root / p).exists())
 
-        root_file = self.root / "dvc.yaml"
-        with Repo(str(self.root)) as repo:
-            return sorted(
-                Path(o.fs_path).resolve().relative_to(self.root).as_posix()
-                for stage in repo.index.stages
-                if Path(stage.dvcfile.path).resolve() == root_file
-                for o in stage.outs
-                if o.metric
-            )
+    def not_run(self) -> list[str]:
+        """Declared metrics files that no stage has produced yet and that are not on disk."""
+        return sorted(set(self.declared) - set(self.metrics_files()))
 
     # ------------------------------------------------------------------ the audit
 
@@ -138,7 +218,7 @@ class Auditor:
         result = Result(path, Node(path), problems, warnings)
         stage = self.producer.get(path)
         if stage is None:
-            problems.append(f"{path}: not an output of any stage in dvc.lock")
+            problems.append(f"{path}: not an output of any stage in a dvc.lock")
             result.tree.ok = False
             return result
         record = self._load_record(stage, [], [])

@@ -84,11 +84,15 @@ def audit(
         list[str] | None, typer.Argument(help="metrics files, each optionally PATH:key")
     ] = None,
     all_files: Annotated[
-        bool, typer.Option("--all", help="every metrics file declared in dvc.yaml")
+        bool,
+        typer.Option(
+            "--all", help="every metrics file declared in any dvc.yaml (root, stages/paper, ...)"
+        ),
     ] = False,
 ) -> None:
     """Trace numbers to the stage, inputs, spec, data, code and environment that produced them;
-    verify every hash against dvc.lock and the ledger. Exit 1 if anything changed after the fact."""
+    verify every hash against dvc.lock and the ledger. Every pipeline of the repository is
+    covered (each dvc.yaml with its dvc.lock). Exit 1 if anything changed after the fact."""
     from rich.console import Console
 
     from drlx.audit import Auditor, find_root, render, split_target
@@ -112,6 +116,11 @@ def audit(
             console.print(f"[yellow]warning[/yellow]: {warning}", soft_wrap=True)
         for problem in result.problems:
             console.print(f"[red]FAIL[/red]: {problem}", soft_wrap=True)
+    if all_files and auditor.not_run():
+        console.print(
+            f"not run yet (declared, never produced): {', '.join(auditor.not_run())}",
+            soft_wrap=True,
+        )
     failed = [r.target for r in results if not r.ok]
     summary = f"audit: {len(results) - len(failed)} of {len(results)} metrics files pass"
     console.print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))

@@ -2,9 +2,9 @@
 numbers (with their audit status), the paper's numbers where there is a counterpart, sample
 grids, training curves and any other plot the stages wrote.
 
-Not a DVC stage: each number's audit status is read from dvc.lock, which DVC rewrites after
-every stage, the report's own included, so such a stage would always be out of date. Run it
-after `dvc repro` (`make report`).
+Not a DVC stage: each number's audit status is read from the dvc.lock files (of every pipeline:
+the root's, stages/paper's), which DVC rewrites after every stage, the report's own included, so
+such a stage would always be out of date. Run it after `dvc repro` (`make report`).
 """
 
 import base64
@@ -29,6 +29,8 @@ PAPER = (
     ("CDRL", "ImageNet 32x32", "FID", "fid", 9.35, None),
     ("CDRL + guidance (w = 0.7)", "ImageNet 32x32", "FID", "fid", 6.18, None),
 )
+# The paper pipeline's numbers (stages/fid.py writes them to runs/NAME/fid.json): key, name.
+FID_KEYS = (("fid", "FID"), ("inception_score", "IS"), ("kid", "KID"))
 NOT_METRICS = ("train_loss.json",)  # JSON outputs that are histories, not numbers
 # The numbers a reader looks for first: (file name, key, what it is); shown when present.
 HEADLINE = (
@@ -56,6 +58,7 @@ class Number:
     value: object
     status: str  # "pass", "fail" or "not audited"
     problems: tuple[str, ...] = ()  # why its file's audit failed
+    stage: str = ""  # the stage that produced its file (DVC's address), "" if none
 
 
 def experiments(root: Path) -> list[str]:
@@ -93,7 +96,8 @@ def collect(root: Path, auditor: Auditor | None, name: str) -> list[Number]:
             else:
                 status = "pass" if result.ok and key not in result.failed_keys else "fail"
             problems = tuple(result.problems) if result is not None else ()
-            numbers.append(Number(rel, key, value, status, problems))
+            stage = auditor.producer.get(rel, "") if auditor is not None else ""
+            numbers.append(Number(rel, key, value, status, problems, stage))
     return numbers
 
 
@@ -163,6 +167,29 @@ def build_report(root: str | Path = ".", out: str | Path = "reports") -> tuple[P
     head = ("system", "data", "metric", "paper", "our spec", "ours (audit)")
     md += ["## Paper results (docs/method.md §10)", "", *_md_table(head, rows), ""]
     body += ["<h2>Paper results (docs/method.md §10)</h2>", _html_table(head, rows)]
+
+    # Every FID/IS/KID we have (the paper pipeline's), with its audit and the paper's value.
+    paper_values = {
+        (spec, key): f"{paper:g}" + (" (unverified)" if "unverified" in what else "")
+        for _, _, what, key, paper, spec in PAPER
+        if spec
+    }
+    rows = [
+        (name, metric, _fmt(n.value), paper_values.get((name, key), "-"),
+         n.stage or "no stage", n.status)
+        for name in names
+        for key, metric in FID_KEYS
+        for n in numbers[name]
+        if n.key == key and n.file.endswith("/fid.json")
+    ]  # fmt: skip
+    head = ("experiment", "metric", "ours", "paper", "stage", "audit")
+    title = "FID, IS and KID (stages/paper/dvc.yaml)"
+    if rows:
+        md += [f"## {title}", "", *_md_table(head, rows), ""]
+        body += [f"<h2>{html.escape(title)}</h2>", _html_table(head, rows)]
+    else:
+        md += [f"## {title}", "", "None yet (`make paper`).", ""]
+        body += [f"<h2>{html.escape(title)}</h2>", "<p>None yet (<code>make paper</code>).</p>"]
 
     rows = [
         (name, what, _with_interval(n, numbers[name]), n.status)
