@@ -116,11 +116,10 @@ def audit(
             console.print(f"[yellow]warning[/yellow]: {warning}", soft_wrap=True)
         for problem in result.problems:
             console.print(f"[red]FAIL[/red]: {problem}", soft_wrap=True)
-    if all_files and auditor.not_run():
-        console.print(
-            f"not run yet (declared, never produced): {', '.join(auditor.not_run())}",
-            soft_wrap=True,
-        )
+    not_run = auditor.not_run() if all_files else []
+    if not_run:
+        names = ", ".join(not_run)
+        console.print(f"not run yet (declared, never produced): {names}", soft_wrap=True)
     failed = [r.target for r in results if not r.ok]
     summary = f"audit: {len(results) - len(failed)} of {len(results)} metrics files pass"
     console.print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
