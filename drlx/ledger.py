@@ -20,6 +20,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -134,14 +135,35 @@ def read_metrics(path: str | Path) -> dict | None:
 # ----------------------------------------------------------------------------- environment
 
 
-def pipeline_outputs(root: str | Path) -> list[str]:
-    """Every out path in dvc.lock, and dvc.lock itself: files a `dvc repro` rewrites."""
-    lock = Path(root) / "dvc.lock"
-    try:
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    except (OSError, yaml.YAMLError):
-        return ["dvc.lock"]
-    return ["dvc.lock"] + [o["path"] for e in stages.values() for o in e.get("outs", [])]
+def _lock_outputs(root: Path, lock: str) -> list[str]:
+    """The out paths of one dvc.lock, relative to `root`: a lock records them relative to its
+    stage's `wdir` (dvc.yaml, next to the lock; default: the lock's folder)."""
+    folder = Path(lock).parent
+
+    def stages(path: Path) -> dict:
+        try:
+            found = (yaml.safe_load(path.read_text()) or {}).get("stages")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    locked, defined = stages(root / lock), stages(root / folder / "dvc.yaml")
+    outs = []
+    for name, entry in locked.items():
+        stage = defined.get(name.split("@")[0])
+        stage = stage.get("do", stage) if isinstance(stage, dict) else {}  # foreach: under do
+        wdir = stage.get("wdir", ".") if isinstance(stage, dict) else "."
+        for out in entry.get("outs", []):
+            outs.append(Path(os.path.normpath(folder / str(wdir) / out["path"])).as_posix())
+    return outs
+
+
+def pipeline_outputs(root: str | Path, locks: list[str] | None = None) -> list[str]:
+    """Files a `dvc repro` rewrites: every dvc.lock (the root's, and `locks`, paths relative to
+    `root`) and every out path they record, relative to `root`."""
+    root = Path(root)
+    locks = sorted({"dvc.lock", *(locks or [])})
+    return locks + [out for lock in locks for out in _lock_outputs(root, lock)]
 
 
 def git_info(root: str | Path) -> dict:
@@ -158,10 +180,12 @@ def git_info(root: str | Path) -> dict:
         commit = git("rev-parse", "HEAD").strip()
         prefix = git("rev-parse", "--show-prefix").strip()  # root, relative to git's top
         lines = git("status", "--porcelain", "-uno", "--", ".").splitlines()
+        locks = git("ls-files", "--", ":(glob)**/dvc.lock").splitlines()  # relative to root
     except (OSError, subprocess.SubprocessError):  # no git, not a repository, no commit yet
         return {"commit": "unknown", "dirty": "unknown", "modified": []}
     modified = [line[3:].split(" -> ")[-1].removeprefix(prefix) for line in lines]
-    outputs = pipeline_outputs(root)
+    outputs = pipeline_outputs(root, locks)
+
     def managed(m: str) -> bool:  # an output, or the .gitignore DVC keeps next to outputs
         folder = m.removesuffix(".gitignore") if m.endswith("/.gitignore") else None
         return any(
@@ -230,14 +254,39 @@ def is_ledger(path: str) -> bool:
     return Path(path).parent.name == LEDGER_DIR and path.endswith(".json")
 
 
-def io_from_dvc(root: str | Path, addressing: str) -> StageIO:
+def _find_stage(stages, addressing: str, cwd: Path, argv: list[str]):
+    """The stage DVC is running. DVC_STAGE names it relative to where `dvc repro` was started,
+    which a stage cannot know (it runs in its own `wdir`): `train@x` may be the root's or, when
+    run from `stages/paper`, that folder's; `../../dvc.yaml:train@x` has lost its folder. So:
+    the stage of that name whose dvc.yaml path ends like the named one and whose wdir is this
+    process's working directory, and if several are, the one whose command is this process's."""
+    file, _, name = addressing.rpartition(":")
+    tail = tuple(part for part in Path(file or "dvc.yaml").parts if part not in ("..", "."))
+    found = [
+        s
+        for s in stages
+        if getattr(s, "name", None) == name
+        and Path(s.path).parts[-len(tail) :] == tail
+        and Path(s.wdir).resolve() == cwd.resolve()
+    ]
+    if len(found) > 1:
+        found = [s for s in found if shlex.split(str(s.cmd))[-len(argv) :] == list(argv)]
+    if len(found) != 1:
+        where = ", ".join(sorted(s.addressing for s in found)) or "none"
+        raise RuntimeError(
+            f"ledger: DVC_STAGE={addressing!r} run in {cwd} matches {len(found)} stages ({where})"
+        )
+    return found[0]
+
+
+def io_from_dvc(root: str | Path, addressing: str, argv: list[str]) -> StageIO:
     """The stage's deps, params and outs as dvc.yaml declares them (foreach resolved by DVC)."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
     root = Path(root).resolve()
     with Repo(str(root)) as repo:
-        (stage,) = repo.stage.collect(addressing)
+        stage = _find_stage(repo.index.stages, addressing, Path.cwd(), argv)
 
         def rel(item) -> str:
             return Path(os.path.relpath(item.fs_path, root)).as_posix()
@@ -394,7 +443,7 @@ class StageRun:
         self.root = Path(os.environ.get("DVC_ROOT", "."))
         stage = os.environ.get("DVC_STAGE")
         if stage:
-            self.io = io_from_dvc(self.root, stage)
+            self.io = io_from_dvc(self.root, stage, argv)
         else:
             self.io = io_from_args(script, actions, args, self.root)
         from dvc.utils.serialize import load_yaml  # DVC's reader, so values compare with dvc.lock

@@ -75,14 +75,14 @@ stages:
     outs: [{runs/cifar10_t6/ledger/score.json: {cache: false}}]
     metrics: [{runs/cifar10_t6/fid.json: {cache: false}}]
 """
-# a user's pipeline: paths relative to its folder, reading another pipeline's output (the
-# command runs from the root: the ledger finds its stage by DVC's address from there)
+# a user's pipeline: paths relative to its folder (no wdir: its commands run there), reading
+# another pipeline's output
 USER_PIPELINE = """\
 stages:
   s:
     cmd: >-
-      cd .. && python stage.py --spec user/spec.yaml --input runs/extra/data.json
-      --out user/out/m.json --value 10
+      python ../stage.py --spec spec.yaml --input ../runs/extra/data.json
+      --out out/m.json --value 10
     deps: [../stage.py, ../runs/extra/data.json]
     params:
       - spec.yaml:
@@ -141,6 +141,15 @@ def repo(tmp_path_factory) -> Path:
     for stage in ("make", "stages/extra/dvc.yaml:make", "stages/extra/dvc.yaml:score"):
         assert f"Running stage '{stage}'" in out, out
     assert "Running stage 'user/dvc.yaml:s'" in out
+    # started inside stages/extra, DVC names its stage `make`, like the root's (whose record
+    # must stay as it was): the record goes to the stage that really ran
+    root_record = (repo / "runs/root/ledger/make.json").read_bytes()
+    out = _run([BIN / "dvc", "repro", "-f", "-s", "make"], repo / "stages/extra")
+    assert "Running stage 'make'" in out, out
+    record = json.loads((repo / "runs/extra/ledger/make.json").read_text())
+    assert list(record["outs"]) == ["runs/extra/data.json"] and record["stage"] == "make"
+    assert record["environment"]["git"]["dirty"] is False  # its outputs are the pipeline's
+    assert (repo / "runs/root/ledger/make.json").read_bytes() == root_record
     return repo
 
 

@@ -186,7 +186,12 @@ def test_record_written_on_success_only(tmp_path: Path):
 
 def test_git_dirty_ignores_the_pipelines_own_outputs(tmp_path: Path):
     lock = "schema: '2.0'\nstages:\n  s:\n    cmd: x\n    outs:\n    - path: runs/m.json\n"
-    for rel, text in {"code.py": "a = 1\n", "runs/m.json": "{}\n", "dvc.lock": lock}.items():
+    # a second pipeline whose stage runs from the root (wdir), so its lock's paths are the root's
+    sub_lock = "schema: '2.0'\nstages:\n  p@a:\n    cmd: x\n    outs:\n    - path: runs/p.json\n"
+    sub_yaml = "stages:\n  p:\n    foreach: [a]\n    do:\n      wdir: ../..\n      cmd: x\n"
+    files = {"code.py": "a = 1\n", "runs/m.json": "{}\n", "runs/p.json": "{}\n", "dvc.lock": lock}
+    files |= {"stages/sub/dvc.lock": sub_lock, "stages/sub/dvc.yaml": sub_yaml}
+    for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     env = {**_env(tmp_path), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
@@ -198,8 +203,10 @@ def test_git_dirty_ignores_the_pipelines_own_outputs(tmp_path: Path):
     ).stdout.strip()
     assert git_info(tmp_path) == {"commit": head, "dirty": False, "modified": []}
     (tmp_path / "runs/m.json").write_text('{"v": 2}\n')  # a re-run rewrote a committed metric
+    (tmp_path / "runs/p.json").write_text('{"v": 2}\n')  # and one of the other pipeline's
     (tmp_path / "untracked.py").write_text("")
-    assert git_info(tmp_path) == {"commit": head, "dirty": False, "modified": ["runs/m.json"]}
+    expected = {"commit": head, "dirty": False, "modified": ["runs/m.json", "runs/p.json"]}
+    assert git_info(tmp_path) == expected
     (tmp_path / "code.py").write_text("a = 2\n")
     info = git_info(tmp_path)
-    assert info["dirty"] is True and info["modified"] == ["code.py", "runs/m.json"]
+    assert info["dirty"] is True and info["modified"] == ["code.py", "runs/m.json", "runs/p.json"]
