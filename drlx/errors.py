@@ -8,8 +8,13 @@ its traceback.
 
 Each known failure derives from `DrlxError` and from the built-in type it always was
 (`SpecError` is a ValueError, `NonFiniteLossError` a FloatingPointError, ...), so code that
-catches the built-in type still does. This module imports nothing: any module may use it.
+catches the built-in type still does. This module imports only `sys`: any module may use it.
 """
+
+import sys
+
+# the exit code of a known failure (1 stays an unexpected error's, with its traceback)
+EXIT_KNOWN_FAILURE = 2
 
 
 class DrlxError(Exception):
@@ -34,3 +39,12 @@ class MissingArraysError(DrlxError, KeyError):
 
 class CheckpointError(DrlxError):
     """The checkpoint folder cannot be used (not a folder, not writable)."""
+
+
+def exit_known_failure(err: DrlxError) -> SystemExit:
+    """Print a known failure as `error: <line>` (each line of its message) on stderr and return
+    the SystemExit to raise (`raise exit_known_failure(err) from None`: no traceback)."""
+    for line in str(err).splitlines() or [type(err).__name__]:
+        print(f"error: {line}", file=sys.stderr)
+    sys.stderr.flush()
+    return SystemExit(EXIT_KNOWN_FAILURE)

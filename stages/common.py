@@ -23,7 +23,13 @@ import sys
 from collections.abc import Callable, Iterator
 
 from drlx.builder import build
-from drlx.errors import DrlxError, InputError, InputNotFoundError, MissingArraysError
+from drlx.errors import (
+    DrlxError,
+    InputError,
+    InputNotFoundError,
+    MissingArraysError,
+    exit_known_failure,
+)
 from drlx.experiment import Experiment
 from drlx.ledger import StageRun
 from drlx.spec import load_spec
@@ -79,22 +85,16 @@ def load_experiment(spec_path: str) -> Experiment:
     return build(spec)
 
 
-EXIT_KNOWN_FAILURE = 2
-
-
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's `main()`. A known failure (DrlxError) fails the ledger run, prints
-    `error: <message>` (each line of it) on stderr and exits EXIT_KNOWN_FAILURE, without a
-    traceback; any other exception propagates with its traceback."""
+    `error: <message>` (each line of it) on stderr and exits 2 (drlx.errors.EXIT_KNOWN_FAILURE),
+    without a traceback; any other exception propagates with its traceback."""
     try:
         main()
     except DrlxError as err:
         if _run is not None:
             _run.fail()
-        for line in str(err).splitlines() or [type(err).__name__]:
-            print(f"error: {line}", file=sys.stderr)
-        sys.stderr.flush()
-        raise SystemExit(EXIT_KNOWN_FAILURE) from None
+        raise exit_known_failure(err) from None
 
 
 @contextlib.contextmanager

@@ -222,3 +222,26 @@ def test_group_norm_matches_equinox():
     assert GroupNorm(32, 8).groups == 8  # capped at the channel count
     with pytest.raises(ValueError):
         GroupNorm(4, 6)
+
+
+def test_weight_decay_spares_the_level_inputs(case):
+    """AdamW's decoupled decay shrinks every weight by lr * wd per step, but `level_values`
+    are constants of the network (their gradient is zero): they must stay as they are."""
+    from pydantic import TypeAdapter
+
+    from drlx.builder import initializer_optimizer
+    from drlx.spec.initializer import InitializerSpec
+
+    net, _, _ = case
+    spec = TypeAdapter(InitializerSpec).validate_python(
+        {"kind": "mlp", "learning_rate": 0.1, "weight_decay": 0.5}
+    )
+    opt = initializer_optimizer(spec)
+    params = eqx.filter(net, eqx.is_inexact_array)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = opt.update(zeros, opt.init(params), params)
+    new = eqx.apply_updates(net, updates)
+    assert np.any(np.asarray(net.level_values) != 0)
+    np.testing.assert_array_equal(new.level_values, net.level_values)
+    before, after = first_layer(net).weight, first_layer(new).weight
+    np.testing.assert_allclose(after, before * (1 - 0.1 * 0.5), rtol=1e-5)

@@ -13,8 +13,10 @@ class _Chain(Block):
     num_steps: ChainSteps = 30
     step_size_b2: float = Field(2e-4, gt=0, description="b^2 in s_t^2 = b^2 c_t^2 sigma_{t+1}^2")
     # drl: c_t^2 = sigmabar_t / sigmabar_0 (the paper's code); tether: c_t^2 = 1, so every level
-    # takes the same fraction b^2 of its tether's variance per step.
-    step_size_rule: Literal["drl", "tether"] = "drl"
+    # takes the same fraction b^2 of its tether's variance per step; conditional: s_t^2 = b^2 V*_t,
+    # the fraction b^2 (< 1) of the narrowest target the level can have, safe on every schedule.
+    # Every rule is checked when the spec is built (docs/method.md §4.1b).
+    step_size_rule: Literal["drl", "tether", "conditional"] = "drl"
     # generation ends with Tweedie's denoising step x = (x_0 + sigmabar_0^2 score) / abar_0, the
     # score from the level-0 EBM's own log-density (docs/method.md §11)
     tweedie: bool = False
@@ -24,25 +26,23 @@ class _Chain(Block):
     # training chain with its evaluation noise scale.
     generation: Optional["SamplerSpec"] = None
 
-    @model_validator(mode="after")
-    def _generation_inherits(self):
-        gen = self.generation
-        if gen is None:
-            return self
-        inherited = ("step_size_b2", "step_size_rule", "tweedie")
-        shared = [k for k in inherited if getattr(gen, k) != getattr(self, k)]
-        shared += ["generation"] if gen.generation is not None else []
-        shared = [k for k in shared if k in gen.model_fields_set]
-        if shared:
+    @model_validator(mode="before")
+    @classmethod
+    def _generation_inherits(cls, data):
+        """Fill the generation chain's shared fields from this block before validation."""
+        gen = data.get("generation") if isinstance(data, dict) else None
+        if not isinstance(gen, dict):
+            return data
+        shared = ("step_size_b2", "step_size_rule", "tweedie")
+        own = [k for k in (*shared, "generation") if k in gen]
+        if own:
             raise ValueError(
-                f"sampler.generation: {shared} cannot be set here; generation shares "
+                f"sampler.generation: {own} cannot be set here; generation shares "
                 "the sampler block's step sizes and Tweedie step (set them there)"
             )
-        if "num_steps" not in gen.model_fields_set:
-            inherited += ("num_steps",)
-        update = {name: getattr(self, name) for name in inherited}
-        object.__setattr__(self, "generation", gen.model_copy(update=update))
-        return self
+        inherited = shared if "num_steps" in gen else (*shared, "num_steps")
+        fill = {k: data[k] if k in data else cls.model_fields[k].default for k in inherited}
+        return {**data, "generation": {**gen, **fill}}
 
 
 class ULA(_Chain):

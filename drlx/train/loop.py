@@ -31,9 +31,11 @@ def _check(record: dict) -> None:
         )
     chain = record.get("chain_max_abs", 0.0)
     if not chain <= CHAIN_DIVERGED_ABS:  # NaN too
+        level = record.get("chain_max_level")
+        where = "" if level is None else f" (level {int(level)})"
         raise NonFiniteLossError(
             f"the Langevin chains diverged at step {record['step']}: the largest |y-| of the "
-            f"batch is {chain:.3g} (data lie in [-1, 1]; limit {CHAIN_DIVERGED_ABS:g}), loss "
+            f"batch is {chain:.3g}{where}; data lie in [-1, 1], limit {CHAIN_DIVERGED_ABS:g}; loss "
             f"{record['loss']:.3g}" + advice
         )
 

@@ -138,11 +138,13 @@ def make_train_step(
         new_state = TrainState(
             network, ema_update(state.ema, network, ema_decay), opt_state, state.step + 1
         )
+        # a diverging chain shows here long before the loss stops being finite
+        chain_abs = jnp.max(jnp.abs(y_neg).reshape(n, -1), axis=1)
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
-            # a diverging chain shows here long before the loss stops being finite
-            "chain_max_abs": jnp.max(jnp.abs(y_neg)),
+            "chain_max_abs": jnp.max(chain_abs),
+            "chain_max_level": t[jnp.argmax(chain_abs)],
         }
         if state.initializer is None:
             return new_state, metrics
