@@ -3,11 +3,14 @@ each block's kind. Engines never see the spec; they get what `build` returns."""
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array
 
@@ -45,6 +48,7 @@ from drlx.spec import initializer as init_spec
 from drlx.spec import model as model_spec
 from drlx.spec import sampler as sampler_spec
 from drlx.spec.experiment import ExperimentSpec
+from drlx.spec.load import SpecError
 from drlx.spec.train import Train
 
 
@@ -145,12 +149,21 @@ def initializer_factory(
     raise TypeError(f"no initializer for {spec!r}")
 
 
+def _decayed(params: AbstractInitializer):
+    """Weight decay's mask: every array but the levels' embedding inputs (constants)."""
+    mask = jax.tree.map(lambda _: True, params)
+    return eqx.tree_at(lambda m: m.level_values, mask, False)
+
+
 def initializer_optimizer(spec: init_spec.InitializerSpec) -> optax.GradientTransformation:
-    """AdamW after a linear warm-up (none by default), its gradient clipped to a global norm."""
+    """AdamW after a linear warm-up (none by default), its gradient clipped to a global norm;
+    weight decay spares `level_values`, the constant inputs of the level embedding."""
     lr = spec.learning_rate
     if spec.warmup_steps:
         lr = optax.linear_schedule(0.0, spec.learning_rate, spec.warmup_steps)
-    adamw = optax.adamw(lr, b1=spec.beta1, b2=spec.beta2, weight_decay=spec.weight_decay)
+    adamw = optax.adamw(
+        lr, b1=spec.beta1, b2=spec.beta2, weight_decay=spec.weight_decay, mask=_decayed
+    )
     if spec.grad_clip is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(spec.grad_clip), adamw)
@@ -242,16 +255,60 @@ def build_density(
     return density, long_run
 
 
+# The training chain's step against the narrowest target each level can have, s_t^2 / V*_t
+# (docs/method.md §4.1b). Above 1, no energy's ULA chain is as narrow as such a target, so
+# learning sharpens the energy until the chain diverges. Measured on two_moons (4000 steps):
+# the shipped toys' largest ratio, 1.02, trains; 1.46 (cosine, 10 levels) and 1.65 (6)
+# diverged. Level 0 is not checked: its narrowest target is the data's own quantization or
+# noise, and the shipped digits train at a level-0 ratio of 4.7.
+STEP_RATIO_WARN = 1.05
+STEP_RATIO_REFUSE = 1.25
+
+
+def check_step_sizes(spec: ExperimentSpec, schedule: Schedule, step_sq, spread: float):
+    """Refuse (SpecError, located at sampler.step_size_b2) a ULA training chain whose step
+    exceeds STEP_RATIO_REFUSE times the narrowest target of a level above 0; warn from
+    STEP_RATIO_WARN. Returns every level's ratio (level 0's included)."""
+    ratio = np.asarray(step_sq, np.float64) / schedule.narrowest_conditional_variance(spread)
+    if spec.sampler.kind != "ula" or len(ratio) < 2:  # MALA corrects its chain
+        return ratio
+    t = 1 + int(np.argmax(ratio[1:]))
+    b2 = spec.sampler.step_size_b2
+    where = spec.line_of("sampler", "step_size_b2")
+    message = (
+        f"{where}: sampler.step_size_b2: level {t}'s Langevin step is {ratio[t]:.2f}x the "
+        f"narrowest target it can have (s_t^2 / V*_t with the data's spread {spread:g}, "
+        f"docs/method.md §4.1b); above 1 the chains cannot become as narrow as the data and "
+        f"training diverges. Use step_size_b2 <= {b2 / ratio[t]:.3g} with step_size_rule "
+        f"{spec.sampler.step_size_rule!r}, or step_size_rule: conditional (then "
+        "step_size_b2 < 1 is safe on every schedule)"
+    )
+    if ratio[t] >= STEP_RATIO_REFUSE:
+        raise SpecError([message + f"; refused from {STEP_RATIO_REFUSE}"])
+    if ratio[t] >= STEP_RATIO_WARN:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return ratio
+
+
+def check_spec(spec: ExperimentSpec) -> None:
+    """The checks `build` makes beyond validation (now: the step sizes), without building."""
+    schedule, data = build_schedule(spec.diffusion), build_data(spec.data)
+    b2, rule = spec.sampler.step_size_b2, spec.sampler.step_size_rule
+    check_step_sizes(spec, schedule, schedule.step_size_sq(b2, rule, data.spread), data.spread)
+
+
 def build(spec: ExperimentSpec) -> Experiment:
     """Compile a validated spec into the objects and settings the engines use."""
     schedule = build_schedule(spec.diffusion)
-    step_sq = schedule.step_size_sq(spec.sampler.step_size_b2, spec.sampler.step_size_rule)
+    data = build_data(spec.data)
+    b2, rule = spec.sampler.step_size_b2, spec.sampler.step_size_rule
+    step_sq = schedule.step_size_sq(b2, rule, data.spread)
+    check_step_sizes(spec, schedule, step_sq, data.spread)
     match spec.model.output_scale:
         case "step_size":
             g_scale = step_sq
         case "tether_variance":
             g_scale = schedule.sigma[1:] ** 2
-    data = build_data(spec.data)
     init = spec.initializer
     density, long_run = build_density(spec.density, spec.seed, spec.evaluate.num_projections)
     train = TrainSettings(

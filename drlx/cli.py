@@ -1,15 +1,14 @@
 """The `drlx` command: validate specs, print the spec schema."""
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from drlx.errors import DrlxError
+from drlx.errors import DrlxError, exit_known_failure
 from drlx.spec import ExperimentSpec, SpecError, load_spec
-
-EXIT_KNOWN_FAILURE = 2
 
 
 class _App(typer.Typer):
@@ -20,9 +19,7 @@ class _App(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except DrlxError as err:
-            for line in str(err).splitlines() or [type(err).__name__]:
-                typer.echo(f"error: {line}", err=True)
-            raise SystemExit(EXIT_KNOWN_FAILURE) from None
+            raise exit_known_failure(err) from None
 
 
 app = _App(
@@ -37,10 +34,17 @@ def validate(
     specs: Annotated[list[Path], typer.Argument(help="spec files to check")],
 ) -> None:
     """Check spec files: one line per spec (ok, with its hash), or one line per problem."""
+    from drlx.builder import check_spec
+
     failed = False
     for path in specs:
         try:
-            spec = load_spec(path)
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                spec = load_spec(path)
+                check_spec(spec)
+            for w in warned:
+                typer.echo(f"warning: {w.message}")
         except SpecError as err:
             failed = True
             for problem in err.problems:

@@ -35,9 +35,28 @@ class Schedule(eqx.Module):
         """T, the number of conditional EBMs."""
         return self.a.shape[0] - 1
 
-    def step_size_sq(self, b2: float, rule: str = "drl") -> Float[Array, " T"]:
+    def narrowest_conditional_variance(self, spread: float = 0.0) -> np.ndarray:
+        """V*_t, the smallest variance (per coordinate, in the EBM's variable y) that level t's
+        target can have when the data have local spread `spread` (std of their thinnest
+        direction; 0 for data on a manifold): the target of data concentrated at one point,
+        exp(f(y) - |x_{t+1} - y|^2 / (2 sigma_{t+1}^2)) with y's marginal N(., w_t) and
+        w_t = a_out[t+1]^2 (sigmabar_t^2 + abar_t^2 spread^2), so
+        V*_t = 1 / (1 / sigma_{t+1}^2 + 1 / w_t) below the top and V*_{T-1} = w_{T-1} there
+        (no tether). Float64 numpy, length T (docs/method.md §4.1b)."""
+        f64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
+        sigma2, a_out = f64(self.sigma[1:]) ** 2, f64(self.a_out[1:])
+        # y = a_out x_t = a_out abar_t x_0 + a_out sigmabar_t eps
+        w = (a_out * f64(self.sigmabar[:-1])) ** 2 + (a_out * f64(self.abar[:-1]) * spread) ** 2
+        tethered = np.asarray(self.tethered[1:]) > 0
+        return np.where(tethered, 1.0 / (1.0 / sigma2 + 1.0 / w), w)
+
+    def step_size_sq(self, b2: float, rule: str = "drl", spread: float = 0.0) -> Float[Array, " T"]:
         """Langevin step sizes s_t^2 = b^2 c_t^2 sigma_{t+1}^2 with DRL's c_t^2 = sigmabar_t /
-        sigmabar_0 (rule "drl") or c_t^2 = 1 (rule "tether")."""
+        sigmabar_0 (rule "drl") or c_t^2 = 1 (rule "tether"); rule "conditional": s_t^2 = b^2 V*_t,
+        a fraction of the narrowest target the level can have (`narrowest_conditional_variance`
+        with the data's `spread`), so b^2 < 1 is safe on every schedule."""
+        if rule == "conditional":
+            return jnp.asarray(b2 * self.narrowest_conditional_variance(spread), jnp.float32)
         c2 = self.sigmabar[:-1] / self.sigmabar[0] if rule == "drl" else 1.0
         return b2 * c2 * self.sigma[1:] ** 2
 

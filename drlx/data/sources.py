@@ -1,5 +1,7 @@
 """Data sources: what a data block of a spec compiles to. Each knows the shape of one example,
-whether training batches are flipped, and how to produce its splits.
+whether training batches are flipped, how to produce its splits, and its `spread`: the std of
+its thinnest local direction (toys: their noise; images: 0, they lie on a manifold), which
+bounds how narrow a level's target can be (the step-size check, docs/method.md §4.1b).
 
 Every source's `splits(seed)` returns {"train", "heldout", "heldout_b"} arrays in the model's
 data space ([-1, 1] scale); "heldout_b" is a second held-out draw, the floor of every
@@ -13,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from drlx.data import images
-from drlx.data.toy2d import sample_toy, toy_log_density
+from drlx.data.toy2d import sample_toy, toy_log_density, toy_noise_std
 
 SPLITS = ("train", "heldout", "heldout_b")
 
@@ -40,6 +42,11 @@ class Toy2D:
         sizes = {"train": self.num_train, "heldout": n, "heldout_b": n}
         return {s: sample_toy(self.name, n, split_seed(seed, s)) for s, n in sizes.items()}
 
+    @property
+    def spread(self) -> float:
+        """The std of the Gaussian noise around every clean point."""
+        return toy_noise_std(self.name)
+
     def log_density(self, x: np.ndarray) -> np.ndarray:
         """The true log-density of each point."""
         return toy_log_density(self.name, x)
@@ -50,6 +57,7 @@ class Digits:
     """scikit-learn's embedded 8x8 digits with their labels, split at random by the seed."""
 
     kind: ClassVar[str] = "digits"
+    spread: ClassVar[float] = 0.0
 
     num_heldout: int
     flip: bool
@@ -66,6 +74,7 @@ class Cifar10:
     two halves of its test set (the seed is not used)."""
 
     kind: ClassVar[str] = "cifar10"
+    spread: ClassVar[float] = 0.0
 
     path: str
     flip: bool
@@ -80,6 +89,7 @@ class ImageFolder:
     """Image files under a folder, centre-cropped and resized to size x size."""
 
     kind: ClassVar[str] = "image_folder"
+    spread: ClassVar[float] = 0.0
 
     path: str
     size: int
@@ -100,6 +110,7 @@ class Npz:
     """Images in an .npz array; `shape` is stated, and checked against the file when read."""
 
     kind: ClassVar[str] = "npz"
+    spread: ClassVar[float] = 0.0
 
     path: str
     key: str

@@ -196,6 +196,11 @@ def _curve_nodes(name: str, panel: float = 2.0, order: int = _GL_ORDER):
     return np.concatenate(nodes), np.concatenate(log_w)
 
 
+def toy_noise_std(name: str) -> float:
+    """The std of the isotropic Gaussian noise around each clean point of a toy."""
+    return float(_get(name).sigma)
+
+
 def toy_log_density(name: str, points: np.ndarray) -> np.ndarray:
     """Exact log-density of the distribution `sample_toy(name, ...)` draws from.
 

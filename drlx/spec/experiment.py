@@ -3,7 +3,7 @@
 import hashlib
 import json
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from drlx.spec.base import Block
 from drlx.spec.data import DataSpec
@@ -35,6 +35,29 @@ class ExperimentSpec(Block):
     density: Density = Density()
     evaluate: Evaluate = Evaluate()
     runtime: Runtime = Runtime()
+    # where each field was written ("file:line" by field path), filled by load_spec; not a field,
+    # so neither hashed nor dumped: checks made after validation (drlx.builder) locate with it
+    _lines: dict = PrivateAttr(default_factory=dict)
+
+    def __eq__(self, other) -> bool:
+        """Equal fields are equal specs, wherever they were written (`_lines` not compared)."""
+        if not isinstance(other, ExperimentSpec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(self.model_dump_json())
+
+    def set_lines(self, lines: dict[tuple, str]) -> None:
+        """Record where each field was written (`load_spec` does)."""
+        self._lines = dict(lines)
+
+    def line_of(self, *path: str) -> str:
+        """"file:line" of a field as loaded (its nearest written ancestor), or "<spec>"."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self._lines:
+                return self._lines[path[:end]]
+        return "<spec>"
 
     def scientific_dict(self) -> dict:
         """Every field that can change a result: all but the runtime block."""

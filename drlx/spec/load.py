@@ -357,6 +357,13 @@ def _record(tree: dict, where: dict, file: str, prefix: tuple = ()) -> None:
             _record(value, where, file, (*prefix, key))
 
 
+def _where_text(at: Located, extends: Located | None) -> str:
+    """`file:line`, and for a value written in the base, the `extends:` line that brought it."""
+    if extends and at.file not in (extends.file, "<overrides>"):
+        return f"{at.file}:{at.line} (via {extends.file}:{extends.line} extends)"
+    return f"{at.file}:{at.line}"
+
+
 def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec:
     """Load and validate a spec file.
 
@@ -378,7 +385,9 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
     fallback = Located(str(path), 1)
     extends = where.get(("extends",))
     try:
-        return ExperimentSpec.model_validate(raw)
+        spec = ExperimentSpec.model_validate(raw)
+        spec.set_lines({path: _where_text(at, extends) for path, at in where.items()})
+        return spec
     except ValidationError as exc:
         grouped: dict[tuple, list] = {}  # one line per field: a union's members share it
         for err in exc.errors(include_url=False):
