@@ -110,11 +110,25 @@ def to_host(x) -> np.ndarray:
         x: a jax.Array (or anything numpy takes).
 
     Returns:
-        The global value; gathered from every process when this one does not hold all of it.
+        The global value; gathered from every process when this one does not hold all of it
+        (a collective: then every process must call it, in the same order).
     """
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
+    return np.asarray(x)  # a replicated array: every host holds all of it
+
+
+def is_primary() -> bool:
+    """Whether this is process 0, the one that writes files every host would write alike (a
+    stage's outputs, checkpoint clean-up); True on one process."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (all must call it, in the same order);
+    nothing on one process. After the primary wrote a file, the others may read it."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def replicate(tree, mesh: Mesh):

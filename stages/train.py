@@ -1,7 +1,8 @@
 """Stage 2: train the conditional EBMs by recovery likelihood; save the EMA weights.
 
 Training resumes from the newest usable checkpoint in --checkpoints (the folder of the spec's
-training hash), and then says so with one line on stderr: `resumed from step N`."""
+training hash), and then says so with one line on stderr: `resumed from step N`. On several
+processes only process 0 writes the outputs (as in stages/sample.py)."""
 
 import sys
 
@@ -9,6 +10,7 @@ from common import load_experiment, parser, run_stage
 
 from drlx.evaluate.plots import loss_curve
 from drlx.io import read_arrays, save_model, write_json
+from drlx.sharding import barrier, is_primary
 from drlx.train.checkpoint import Checkpointer
 from drlx.train.fit import fit
 
@@ -31,14 +33,16 @@ def main() -> None:
     state, history = fit(
         exp, train, checkpointer, progress=exp.runtime.progress, on_resume=report_resumed
     )
-    save_model(args.model, (state.ema, state.initializer_ema))
-    write_json(args.history, history)
-    loss_curve(
-        args.plot,
-        [h["step"] for h in history],
-        [h["loss"] for h in history],
-        f"{exp.name}: recovery-likelihood loss",
-    )
+    if is_primary():
+        save_model(args.model, (state.ema, state.initializer_ema))
+        write_json(args.history, history)
+        loss_curve(
+            args.plot,
+            [h["step"] for h in history],
+            [h["loss"] for h in history],
+            f"{exp.name}: recovery-likelihood loss",
+        )
+    barrier("drlx train stage: outputs written")
 
 
 if __name__ == "__main__":

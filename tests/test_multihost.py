@@ -1,5 +1,6 @@
 """Several hosts: each feeds only its own rows of a batch, and together they make the one-host
-batch; a real run of two JAX processes on this machine gives the numbers of one process."""
+batch; a real run of two JAX processes on this machine gives the numbers of one process, in
+training, in training resumed from an Orbax checkpoint, and in the sample stage."""
 
 import os
 import socket
@@ -11,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import tiny_toy_spec
-from multihost_run import BATCH, STEPS, batch_stats, images, train
+from multihost_run import BATCH, INTERRUPT, STEPS, batch_stats, images, train
 
+from drlx.builder import build
 from drlx.data.pipeline import FLIP_STREAM, batch_iterator
+from drlx.io import write_arrays
+from drlx.samplers.many import sample
 from drlx.sharding import (
     check_process_order,
     make_mesh,
@@ -22,6 +26,7 @@ from drlx.sharding import (
     shard_local_batch,
     to_host,
 )
+from drlx.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,14 +121,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory) -> tuple[list[dict], Path]:
-    """Run tests/multihost_run.py as processes 0 and 1 of one JAX job (2 CPU devices each)."""
+def two_processes(tmp_path_factory) -> tuple[list[dict], Path, Path]:
+    """Run tests/multihost_run.py as processes 0 and 1 of one JAX job (2 CPU devices each);
+    their shared folder (checkpoints, model, sample stage outputs) is `shared`."""
     tmp = tmp_path_factory.mktemp("multihost")
     spec = tiny_toy_spec(
         tmp / "mh.yaml", "mh", data={"num_train": 600, "num_heldout": 100},
-        sampler={"num_steps": 8}, runtime={"devices": "all", "progress": False},
+        sampler={"num_steps": 8}, evaluate={"num_samples": 40, "num_draws": 2, "draw_size": 20},
+        runtime={"devices": "all", "progress": False, "checkpoint_every": 4,
+                 "sample_batch_size": 16},  # 3 chunks, the last one padded
         train={"num_steps": 10, "batch_size": 64, "log_every": 5, "warmup_steps": 5},
     )  # fmt: skip
+    shared = tmp / "shared"
+    write_arrays(shared / "data.npz", heldout=np.zeros((50, 2), np.float32))  # for the plot
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     port, script = free_port(), str(ROOT / "tests/multihost_run.py")
     logs = [tmp / f"log{i}.txt" for i in range(2)]
@@ -131,10 +141,12 @@ def two_processes(tmp_path_factory) -> tuple[list[dict], Path]:
     try:
         for i in range(2):
             with logs[i].open("w") as log:
-                args = [str(port), str(i), str(spec), str(tmp / f"out{i}.npz")]
+                args = [str(port), str(i), str(spec), str(tmp / f"out{i}.npz"), str(shared)]
                 cmd = [sys.executable, script, *args]
                 procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log))
-        deadline = time.monotonic() + 150  # the test cannot hang (~20 s on this 2-core CPU)
+        # the test cannot hang: ~50 CPU-seconds in all, 60-120 s on this 2-core CPU when other
+        # jobs load it (a load average of 10-14)
+        deadline = time.monotonic() + 240
         for proc in procs:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
@@ -144,12 +156,18 @@ def two_processes(tmp_path_factory) -> tuple[list[dict], Path]:
                 proc.wait()
     for proc, log in zip(procs, logs, strict=True):
         assert proc.returncode == 0, log.read_text()[-3000:]
-    return [dict(np.load(tmp / f"out{i}.npz")) for i in range(2)], spec
+    return [dict(np.load(tmp / f"out{i}.npz")) for i in range(2)], spec, shared
+
+
+@pytest.fixture(scope="module")
+def one_process_training(two_processes) -> tuple[list[float], list[np.ndarray]]:
+    """The logged losses and final network of the same `fit` in this process alone."""
+    return train(str(two_processes[1]))
 
 
 @pytest.mark.slow
 def test_two_processes_feed_their_slices_and_agree_with_one(two_processes):
-    outs, _ = two_processes
+    outs = two_processes[0]
     whole = take(batch_iterator(images(), BATCH, seed=4, flip=True), STEPS)
     mesh = make_mesh(1)
     stats = batch_stats(mesh)
@@ -165,16 +183,61 @@ def test_two_processes_feed_their_slices_and_agree_with_one(two_processes):
     assert not np.array_equal(outs[0]["local"], outs[1]["local"])
 
 
+def assert_matches_one_process(out: dict, prefix: str, losses: list, params: list) -> None:
+    """Only the order of floating-point reductions (batch means, gradient sums) may differ."""
+    assert len([k for k in out if k.startswith(prefix + "param_")]) == len(params)
+    np.testing.assert_allclose(out[prefix + "losses"], losses, rtol=1e-4, atol=1e-8)
+    for i, ref in enumerate(params):
+        scale = max(1.0, float(np.max(np.abs(ref))))
+        np.testing.assert_allclose(out[f"{prefix}param_{i}"], ref, rtol=0, atol=1e-5 * scale)
+
+
 @pytest.mark.slow
-def test_two_process_training_matches_one_process(two_processes):
-    outs, spec = two_processes
-    losses, params = train(str(spec))  # this process alone, on its own devices
+def test_two_process_training_matches_one_process(two_processes, one_process_training):
+    outs = two_processes[0]
+    losses, params = one_process_training  # this process alone, on its own devices
     assert len(losses) == 2
     for out in outs:
-        assert len([k for k in out if k.startswith("param_")]) == len(params)
-        # Only the order of floating-point reductions (batch means, gradient sums) may differ.
-        np.testing.assert_allclose(out["losses"], losses, rtol=1e-4, atol=1e-8)
-        for i, ref in enumerate(params):
-            scale = max(1.0, float(np.max(np.abs(ref))))
-            np.testing.assert_allclose(out[f"param_{i}"], ref, rtol=0, atol=1e-5 * scale)
+        assert_matches_one_process(out, "", losses, params)
     np.testing.assert_array_equal(outs[0]["losses"], outs[1]["losses"])
+
+
+@pytest.mark.slow
+def test_two_process_run_resumed_from_checkpoint_matches_one_uninterrupted(
+    two_processes, one_process_training
+):
+    """Orbax on two processes: the run stopped at step 6 had saved step 4 (checkpoint_every)
+    to the shared folder; a new `fit` restores step 4 on both and ends where one process does
+    without interruption; old steps are dropped and nothing else is left in the folder."""
+    outs, _, shared = two_processes
+    losses, params = one_process_training
+    (folder,) = (shared / "checkpoints").iterdir()  # the spec's training hash
+    assert sorted(p.name for p in folder.iterdir()) == ["10", "8"]  # max_to_keep 2, no trash
+    assert INTERRUPT == 6
+    for out in outs:
+        assert out["interrupted_steps"].tolist() == [4]  # step 6 was never saved
+        assert out["restored"].tolist() == [4]
+        assert sorted(out["final_steps"].tolist()) == ["10", "8"]
+        assert_matches_one_process(out, "resumed_", losses, params)
+        # resuming does not change a single bit of the two-process run
+        for i in range(len(params)):
+            np.testing.assert_array_equal(out[f"resumed_param_{i}"], out[f"param_{i}"])
+        np.testing.assert_array_equal(out["resumed_losses"], out["losses"])
+
+
+@pytest.mark.slow
+def test_two_process_sample_stage_matches_one_process(two_processes):
+    """Both processes get all the samples back, equal to one process's from the same weights;
+    only process 0 writes the stage's outputs."""
+    outs, spec, shared = two_processes
+    exp = build(load_spec(spec))
+    expected = sample(exp, exp.ebm(*exp.load_model(shared / "model.eqx")))  # this process alone
+    assert expected.shape == (40, 2)
+    samples = np.load(shared / "samples.npz")["samples"]
+    for out in outs:
+        np.testing.assert_array_equal(out["samples"], samples)
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-5 * scale)
+    assert outs[0]["written"].tolist() == [str(shared / "samples.npz"), str(shared / "samples.png")]
+    assert outs[1]["written"].tolist() == []
+    assert (shared / "samples.png").read_bytes().startswith(b"\x89PNG")

@@ -45,7 +45,9 @@ def sample_many(
         shape: shape of one sample.
         chunk: chains per jitted call (the last call is padded and trimmed).
         progress: show a progress bar.
-        mesh: devices to split each chunk's chains over (None: the default device).
+        mesh: devices to split each chunk's chains over (None: the default device). On several
+            processes (a mesh over every host's devices) each runs its share of the chains, all
+            of them must call this, and every one gets all the samples back.
         tweedie: end with Tweedie's denoising step.
 
     Returns:
@@ -76,6 +78,9 @@ def sample(exp: Experiment, ebm: ConditionalEBM, num: int | None = None) -> np.n
         exp: the experiment.
         ebm: its conditional EBMs, `exp.ebm(network, initializer)` (usually EMA weights).
         num: how many (default: the spec's evaluate.num_samples).
+
+    On several processes every one calls this and gets all the samples (see `sample_many`);
+    tests/test_multihost.py checks they equal one process's.
 
     Returns:
         (num, *shape) float32 samples.

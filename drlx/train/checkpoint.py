@@ -20,6 +20,15 @@ folder in a state Orbax trips over when the run resumes:
   Now Orbax only renames a dropped step into `TRASH` (atomic: the step is whole or gone), which
   is emptied after every save and when the folder is opened. A step folder without Orbax's
   completion files (from a kill before this scheme) is removed when the folder is opened.
+
+On several processes (after `jax.distributed.initialize()`) the folder must be one that every
+host sees (a shared filesystem), and every process makes the same calls in the same order.
+Orbax's primary host (process 0) writes the arrays and the metadata, renames and drops steps;
+our own clean-up of the folder (incomplete steps, `TRASH`) is done by process 0 too, and the
+others wait for it (a barrier) before Orbax lists the steps, so all of them see the same ones.
+The arrays are gathered whole on every host first (`to_host`: a replicated state is already
+whole), so every process computes the same checksum and restores the same state from the
+shared folder. Tested with two processes in tests/test_multihost.py.
 """
 
 import hashlib
@@ -35,6 +44,7 @@ import orbax.checkpoint as ocp
 from jaxtyping import PRNGKeyArray
 
 from drlx.errors import CheckpointError
+from drlx.sharding import barrier, is_primary, to_host
 from drlx.train.step import TrainState
 
 # a sub-folder of the checkpoint folder where Orbax moves the steps it drops; emptied by us
@@ -46,7 +56,7 @@ COMPLETE_MARKERS = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 def _arrays(state: TrainState) -> dict[str, np.ndarray]:
     leaves = jax.tree.leaves(eqx.filter(state, eqx.is_array))
-    return {f"{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    return {f"{i:05d}": to_host(leaf) for i, leaf in enumerate(leaves)}
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -81,9 +91,12 @@ class Checkpointer:
             todelete_subdir=TRASH,  # drop a step by one atomic rename
         )
         try:
-            if jax.process_index() == 0:
-                self._remove_incomplete_steps()
-                self._empty_trash()
+            try:
+                if is_primary():
+                    self._remove_incomplete_steps()
+                    self._empty_trash()
+            finally:  # the others list the steps only once the primary is done (or failed)
+                barrier("drlx checkpoint folder cleaned")
             self.manager = ocp.CheckpointManager(self.directory, options=options)
         except OSError as err:  # a file where the folder should be, no permission, ...
             raise CheckpointError(
@@ -129,7 +142,7 @@ class Checkpointer:
             force=True,
         )
         self.manager.wait_until_finished()
-        if jax.process_index() == 0:
+        if is_primary():
             self._empty_trash()  # the steps this save made Orbax drop
 
     def restore(self, template: TrainState, key: PRNGKeyArray) -> Resumed | None:
