@@ -177,5 +177,5 @@ TINY_DENSITY = (
 # params.yaml of a repository that runs only `tiny` (no digits: no feature stages)
 TINY_PARAMS = (
     "experiments:\n  tiny:\n    base: specs/bases/toy2d.yaml\nfeature_experiments: {}\n"
-    "sweeps: {}\nfeature_sweeps: {}\n"
+    "sweeps: {}\nfeature_sweeps: {}\nood_experiments: {}\n"
 )

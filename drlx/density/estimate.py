@@ -8,7 +8,7 @@ from jax.sharding import Mesh
 
 from drlx.data.sources import Toy2D
 from drlx.density.bound import BoundResult, bits_per_dim, dequantize, path_bound
-from drlx.density.levels import TopBase, conditional_log_z, top_level_base
+from drlx.density.levels import TopBase, chunk_size, conditional_log_z, top_level_base
 from drlx.density.longrun import long_run
 from drlx.density.plots import ais_vs_quadrature, image_bound
 from drlx.density.quadrature import conditional_log_z_grid
@@ -23,12 +23,6 @@ from drlx.sharding import make_mesh
 def mean_and_se(v: np.ndarray) -> dict:
     """{"mean", "se"} of a sample: its mean and the standard error of the mean."""
     return {"mean": float(np.mean(v)), "se": float(np.std(v, ddof=1) / np.sqrt(len(v)))}
-
-
-def chunk_size(budget: int, chains: int, devices: int) -> int:
-    """AIS problems per jitted call: about `budget` chains at once, a multiple of the device
-    count (at least one problem per device)."""
-    return max(1, budget // chains // devices) * devices
 
 
 def ais_check(

@@ -114,3 +114,9 @@ def conditional_log_z(
         bar.update(min(chunk, n - start))
     bar.close()
     return AISResult(*(np.concatenate(parts)[:n] for parts in zip(*out, strict=True)))
+
+
+def chunk_size(budget: int, chains: int, devices: int) -> int:
+    """AIS problems per jitted call: about `budget` chains at once, a multiple of the device
+    count (at least one problem per device)."""
+    return max(1, budget // chains // devices) * devices
