@@ -84,6 +84,81 @@ def test_fd_closed_form_rank_deficient_and_commuting():
     assert got == pytest.approx(closed, rel=1e-7)
 
 
+def _features_with_covariance(rng, n, basis, variances, mean):
+    """n vectors whose sample covariance (ddof = 1) is exactly basis diag(variances) basis^T and
+    whose mean is `mean`: orthonormal centred columns, scaled (rank = number of non-zero
+    variances, at most n - 1)."""
+    k = len(variances)
+    z = rng.standard_normal((n, k))
+    z -= z.mean(axis=0)
+    q, _ = np.linalg.qr(z)  # orthonormal columns, still orthogonal to the ones vector
+    return (q * np.sqrt((n - 1) * np.asarray(variances))) @ basis[:, :k].T + mean
+
+
+@pytest.mark.parametrize("sizes", [(12, 9), (12, 300), (300, 12), (300, 200)])
+def test_fd_from_features_closed_form_low_and_full_rank(sizes):
+    # commuting covariances U diag(a) U^T, U diag(b) U^T: FD = |m1 - m2|^2 + sum (sqrt a - sqrt
+    # b)^2, with fewer vectors than dimensions (the centred features enter directly) or more
+    rng = _rng(11)
+    d = 40
+    n1, n2 = sizes
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    a = np.zeros(d)
+    b = np.zeros(d)
+    a[: min(n1 - 1, d)] = rng.uniform(0.1, 3.0, min(n1 - 1, d))
+    b[: min(n2 - 1, d)] = rng.uniform(0.1, 3.0, min(n2 - 1, d))
+    m1, m2 = rng.standard_normal(d), rng.standard_normal(d)
+    x = _features_with_covariance(rng, n1, basis, a[: min(n1 - 1, d)], m1)
+    y = _features_with_covariance(rng, n2, basis, b[: min(n2 - 1, d)], m2)
+    closed = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert fm.feature_frechet_distance(x, y) == pytest.approx(closed, rel=1e-10)
+    assert fm.feature_frechet_distance(y, x) == pytest.approx(closed, rel=1e-10)
+    assert fm.FrechetReference(*fm.gaussian_statistics(y)).distance(x) == pytest.approx(
+        closed, rel=1e-10
+    )
+    assert fm.frechet_distance(*fm.gaussian_statistics(x), *fm.gaussian_statistics(y)) == (
+        pytest.approx(closed, rel=1e-10)
+    )
+
+
+@pytest.mark.parametrize("n", [5, 30, 200])  # rank 4 and 29 of 64 dimensions, then full rank
+def test_fd_against_a_reference_agrees_with_sqrtm_of_symmetric_products(n):
+    # independent route: R = S_ref^{1/2} by scipy's sqrtm (full rank), then tr((R S R)^{1/2})
+    # from the eigenvalues of the symmetric R S R (square-root error ~ sqrt(eps) per null
+    # direction: well inside the tolerance)
+    rng = _rng(12)
+    d = 64
+    data = rng.standard_normal((500, d)) @ rng.standard_normal((d, d)) * 0.3
+    ref = fm.FrechetReference(*fm.gaussian_statistics(data))
+    for seed in (0, 1):
+        x = _rng(20 + seed).standard_normal((n, d)) * 0.5 + 0.1
+        mean, cov = fm.gaussian_statistics(x)
+        root = np.real(scipy.linalg.sqrtm(ref.cov))
+        w = np.linalg.eigvalsh(root @ cov @ root)
+        tr_sqrt = np.sum(np.sqrt(np.clip(w, 0.0, None)))
+        diff = mean - ref.mean
+        want = diff @ diff + np.trace(cov) + np.trace(ref.cov) - 2.0 * tr_sqrt
+        assert ref.distance(x) == pytest.approx(want, rel=1e-7)
+        assert fm.feature_frechet_distance(x, data) == pytest.approx(want, rel=1e-7)
+        assert fm.frechet_distance(mean, cov, ref.mean, ref.cov) == pytest.approx(want, rel=1e-7)
+    assert abs(ref.distance(data)) < 1e-9 * np.trace(ref.cov)
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        ref.distance(np.zeros((5, d + 1)))
+
+
+def test_psd_factor_reconstructs_and_drops_the_null_space():
+    rng = _rng(13)
+    x = rng.standard_normal((7, 20))
+    _, cov = fm.gaussian_statistics(x)
+    f = fm.psd_factor(cov)
+    assert f.shape == (20, 6)  # rank N - 1
+    np.testing.assert_allclose(f @ f.T, cov, atol=1e-12)
+    assert fm.psd_factor(np.zeros((4, 4))).shape == (4, 0)
+    assert fm.frechet_distance(np.ones(4), np.zeros((4, 4)), np.zeros(4), np.eye(4)) == (
+        pytest.approx(4.0 + 4.0, rel=1e-12)
+    )
+
+
 def test_fd_grows_monotonically_with_noise():
     rng = _rng(5)
     x = rng.standard_normal((1000, 10)) @ rng.standard_normal((10, 10))

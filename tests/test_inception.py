@@ -20,7 +20,11 @@ from typer.testing import CliRunner
 
 from drlx.cli import app
 from drlx.evaluate import inception as inc
-from drlx.evaluate.feature_metrics import feature_frechet_distance
+from drlx.evaluate.feature_metrics import (
+    feature_frechet_distance,
+    frechet_distance,
+    gaussian_statistics,
+)
 from drlx.evaluate.fid import (
     check_images,
     inception_outputs,
@@ -246,18 +250,19 @@ def test_inception_score_closed_forms():
 # ---- the whole network -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fid_zero_on_itself_and_grows_with_noise(model):
-    # 12 clean images, 3 noisy copies (same noise, growing scale), the first 4 clean ones again:
-    # 52 images in chunks of 20, so the repeats sit in the padded last chunk.
-    n = 12
+    # 6 clean images, 3 noisy copies (same noise, growing scale), the first 4 clean ones again:
+    # 28 images in chunks of 10, so the repeats sit in the padded last chunk.
+    n = 6
     x = _smooth_images(n, 32, seed=7)
     eps = np.random.default_rng(8).normal(size=x.shape).astype(np.float32)
     sets = [x] + [np.clip(x + s * eps, -1, 1) for s in (0.1, 0.3, 1.0)] + [x[:4]]
-    features, logits = inception_outputs(model, np.concatenate(sets), 20, progress=False)
+    features, logits = inception_outputs(model, np.concatenate(sets), 10, progress=False)
     assert features.shape == (4 * n + 4, 2048) and logits.shape == (4 * n + 4, 1008)
     assert np.all(np.isfinite(features)) and features.std() > 0.1
     # batch position and padding do not change an image's features
     np.testing.assert_allclose(features[-4:], features[:4], rtol=1e-4, atol=1e-4)
-    # 2048-D Frechet distances cost two dense eigendecompositions each: 4 in all here
+    # 2048-D Frechet distances of 6 vectors each: from the centred features, no 2048 x 2048
+    # decomposition (tests/test_feature_metrics.py checks that route against closed forms)
     clean = features[:n]
     assert abs(feature_frechet_distance(clean, clean)) < 1e-6
     fids = [feature_frechet_distance(clean, features[i * n : (i + 1) * n]) for i in (1, 2, 3)]
@@ -302,6 +307,30 @@ def test_sample_metrics_against_independent_formulas():
     assert blocks["fid"]["mean"] > metrics["fid"]  # fewer samples, larger FID
 
 
+def test_sample_metrics_fid_with_fewer_samples_than_dimensions():
+    # blocks of 12 vectors in 48 dimensions (rank 11), a reference of 30 (rank 29): the FIDs
+    # against the textbook sqrtm(S1 S2) and against frechet_distance on the statistics
+    rng = np.random.default_rng(10)
+    d = 48
+    data = rng.normal(size=(30, d)) @ rng.normal(size=(d, d)) * 0.2
+    samples = rng.normal(0.2, 0.7, size=(36, d))
+    ref = reference_statistics(data, num_kid_features=30)
+    metrics = sample_metrics(samples, rng.normal(size=(36, 5)), ref, kid_subsets=1, num_blocks=3)
+
+    def textbook(x):
+        s1, s2 = np.cov(x, rowvar=False), np.cov(data, rowvar=False)
+        diff = x.mean(axis=0) - data.mean(axis=0)
+        return diff @ diff + np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2)))
+
+    assert metrics["fid"] == pytest.approx(textbook(samples), rel=1e-6)
+    assert metrics["blocks"]["size"] == 12
+    for b, value in enumerate(metrics["blocks"]["fid"]["values"]):
+        rows = samples[b * 12 : (b + 1) * 12]
+        assert value == pytest.approx(textbook(rows), rel=1e-6)
+        exact = frechet_distance(*gaussian_statistics(rows), ref["mu"], ref["sigma"])
+        assert value == pytest.approx(exact, rel=1e-12)
+
+
 # ---- spec, weights path, stages, converter ---------------------------------------------------
 def test_weights_path_from_spec_or_environment(tmp_path, weights_file, monkeypatch):
     block = f"evaluate:\n  inception_weights: {weights_file}\nruntime:"
@@ -329,15 +358,24 @@ def test_fid_stages_without_weights_say_where_to_put_them(tmp_path):
         ["stages/fid.py", "--samples", str(tmp_path / "s.npz"), "--reference",
          str(out / "r.npz"), "--metrics", str(out / "m.json")],
     ]  # fmt: skip
-    for cmd in commands:
-        result = subprocess.run(
+    # both stages at once (each is mostly Python start-up, one core each)
+    running = [
+        subprocess.Popen(
             [str(PYTHON), *cmd, "--spec", str(spec)],
-            cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
-        )  # fmt: skip
-        assert result.returncode != 0
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for cmd in commands
+    ]
+    for proc in running:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode != 0
         for needle in ("DRLX_INCEPTION_WEIGHTS", "evaluate.inception_weights", "convert-inception"):
-            assert needle in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr
+            assert needle in stderr, stderr
+        assert "Traceback" not in stderr
     assert list(out.iterdir()) == []
 
 

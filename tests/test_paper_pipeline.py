@@ -55,6 +55,9 @@ def _env(repo: Path) -> dict:
         "HOME": str(repo),
         "PYTHONPATH": str(repo),  # the copy's drlx, not the installed one: what DVC hashed ran
         "JAX_PLATFORMS": "cpu",
+        # one persistent XLA cache for every stage process (outside the repository, which stays
+        # clean): the second experiment's Inception and the shared programs compile once
+        "JAX_COMPILATION_CACHE_DIR": str(repo.parent / "jax_cache"),
         "DVC_NO_ANALYTICS": "1",
         "COLUMNS": "250",  # the lineage tree unwrapped
         "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",

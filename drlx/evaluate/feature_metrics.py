@@ -4,20 +4,25 @@ Shared by every feature space (Inception-v3 pool3 for FID, the digits classifier
 layer): each function takes (N, D) feature arrays (or their statistics) and works in float64
 with numpy/scipy, blocked over rows so that 10,000 x 2048 features fit in memory.
 
-Why the matrix square root is taken by symmetric eigen-decompositions: the Frechet distance
-needs tr((S1 S2)^{1/2}). S1 S2 is not symmetric, and scipy.linalg.sqrtm on it (the textbook
-route) returns complex parts and fails on singular products, hence the usual "add eps to the
-diagonal and retry" fallback, which changes the answer. Here A = S1^{1/2} and B = S2^{1/2} are
-the symmetric PSD roots (eigh, eigenvalues below the rounding level set to 0). S1 S2 = A (A B B)
-has the eigenvalues of A B B A = (A B)(A B)^T, so
+Why the trace term is a sum of singular values: the Frechet distance needs tr((S1 S2)^{1/2}).
+S1 S2 is not symmetric, and scipy.linalg.sqrtm on it (the textbook route) returns complex parts
+and fails on singular products, hence the usual "add eps to the diagonal and retry" fallback,
+which changes the answer. Here each covariance is written S = F F^T with a factor F of D rows:
+the centred features / sqrt(N - 1) (D x N) when a set has at most D vectors, else V diag(w)^{1/2}
+from the symmetric eigen-decomposition S = V diag(w) V^T (eigenvalues below the rounding level
+dropped, so only the columns of the rank are kept). For S1 = F1 F1^T, S2 = F2 F2^T,
+(F1^T F2)(F1^T F2)^T = F1^T S2 F1 has the non-zero eigenvalues of S2 F1 F1^T = S2 S1, so
 
-    tr((S1 S2)^{1/2}) = tr((S1^{1/2} S2 S1^{1/2})^{1/2}) = sum of the singular values of A B.
+    tr((S1 S2)^{1/2}) = tr((S1^{1/2} S2 S1^{1/2})^{1/2}) = sum of the singular values of F1^T F2.
 
 eigh and the SVD are backward stable, and the singular values come out with an absolute error
-of about eps ||A B||, whereas square roots of the eigenvalues of A S2 A would turn the rounding
-noise of every null direction into sqrt(eps) (FD(x, x) = -6e-6 instead of 1e-13 for 30 vectors
-in 64 dimensions). So rank-deficient covariances (fewer samples than dimensions, constant
-features) need no offset.
+of about eps ||F1|| ||F2||, whereas square roots of the eigenvalues of S1^{1/2} S2 S1^{1/2} would
+turn the rounding noise of every null or tiny direction into sqrt(eps) (FD(x, x) = -6e-6 instead
+of 1e-13 for 30 vectors in 64 dimensions; 1e-5 for 3000 vectors in 512 dimensions with a
+power-law spectrum). So rank-deficient covariances (fewer samples than dimensions, constant
+features) need no offset. The factors also make the cost follow the rank: F1^T F2 is
+(rank1 x rank2), and a set of N <= D vectors needs no D x D decomposition at all. A reference
+set's factor is computed once (`FrechetReference`) for the many FIDs measured against it.
 """
 
 from collections.abc import Iterator
@@ -81,17 +86,38 @@ def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return mean, (cov + cov.T) / 2.0
 
 
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric PSD square root by eigh; eigenvalues below the rounding level of the largest
-    (D eps lambda_max), negative ones included, are set to 0."""
-    w, v = scipy.linalg.eigh(matrix)
+def psd_factor(matrix) -> np.ndarray:
+    """F (D, r) with F F^T = the symmetric PSD `matrix` up to rounding: V diag(w)^{1/2} of its
+    eigen-decomposition, keeping the r eigenvalues above the rounding level of the largest
+    (D eps lambda_max; the others, negative ones included, are 0).
+
+    The symmetric root S^{1/2} is F V^T; only products F1^T F2 are needed here.
+    """
+    w, v = scipy.linalg.eigh(np.asarray(matrix, np.float64), driver="evd")
     tol = len(w) * np.finfo(np.float64).eps * max(float(np.abs(w).max()), np.finfo(float).tiny)
-    return (v * np.sqrt(np.where(w > tol, w, 0.0))) @ v.T
+    keep = w > tol
+    return v[:, keep] * np.sqrt(w[keep])
+
+
+def _feature_factor(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """A factor F (D, k) of the covariance of the rows of x (F F^T = cov): the centred features
+    / sqrt(N - 1) when N <= D (no decomposition), else `psd_factor(cov)`."""
+    n, d = x.shape
+    if n > d:
+        return psd_factor(cov)
+    return (x.astype(np.float64) - mean).T / np.sqrt(n - 1)
+
+
+def _trace_sqrt(factor1: np.ndarray, factor2: np.ndarray) -> float:
+    """tr((S1 S2)^{1/2}) for S1 = F1 F1^T, S2 = F2 F2^T: the singular values of F1^T F2."""
+    if factor1.shape[1] == 0 or factor2.shape[1] == 0:
+        return 0.0
+    return float(np.sum(scipy.linalg.svdvals(factor1.T @ factor2)))
 
 
 def trace_sqrt_product(cov1, cov2) -> float:
     """tr((S1 S2)^{1/2}) = tr((S1^{1/2} S2 S1^{1/2})^{1/2}) for symmetric PSD S1, S2: the sum
-    of the singular values of S1^{1/2} S2^{1/2} (see the module docstring).
+    of the singular values of F1^T F2 for factors S = F F^T (see the module docstring).
 
     Arguments:
         cov1, cov2: (D, D) covariance matrices.
@@ -99,9 +125,7 @@ def trace_sqrt_product(cov1, cov2) -> float:
     Returns:
         The trace as a float (>= 0).
     """
-    root1 = _psd_sqrt(np.asarray(cov1, np.float64))
-    root2 = _psd_sqrt(np.asarray(cov2, np.float64))
-    return float(np.sum(scipy.linalg.svdvals(root1 @ root2)))
+    return _trace_sqrt(psd_factor(cov1), psd_factor(cov2))
 
 
 def _check_stats(mean, cov, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -137,12 +161,16 @@ def frechet_distance(mean1, cov1, mean2, cov2) -> float:
     m2, s2 = _check_stats(mean2, cov2, "second statistics")
     if m1.shape != m2.shape:
         raise ValueError(f"statistics of different dimensions ({m1.shape[0]} vs {m2.shape[0]})")
-    diff = m1 - m2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
+    return _frechet(m1 - m2, s1, s2, _trace_sqrt(psd_factor(s1), psd_factor(s2)))
+
+
+def _frechet(diff: np.ndarray, cov1: np.ndarray, cov2: np.ndarray, trace_sqrt: float) -> float:
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
 
 
 def feature_frechet_distance(x, y) -> float:
-    """Frechet distance between the Gaussian fits of two feature sets (see `frechet_distance`).
+    """Frechet distance between the Gaussian fits of two feature sets (see `frechet_distance`;
+    a set of at most D vectors enters through its centred features, no D x D decomposition).
 
     Arguments:
         x: (N, D) features, N >= 2.
@@ -153,7 +181,42 @@ def feature_frechet_distance(x, y) -> float:
     """
     x, y = _features(x, "x"), _features(y, "y")
     _same_dim(x, y, "Frechet distance")
-    return frechet_distance(*gaussian_statistics(x), *gaussian_statistics(y))
+    (m1, s1), (m2, s2) = gaussian_statistics(x), gaussian_statistics(y)
+    trace_sqrt = _trace_sqrt(_feature_factor(x, m1, s1), _feature_factor(y, m2, s2))
+    return _frechet(m1 - m2, s1, s2, trace_sqrt)
+
+
+class FrechetReference:
+    """Reference statistics (mean, covariance) with the covariance's factor computed once, for
+    many Frechet distances against them (FID of all the samples and of each block).
+
+    Arguments:
+        mean, cov: mean (D,) and covariance (D, D) of the reference set.
+    """
+
+    def __init__(self, mean, cov):
+        self.mean, self.cov = _check_stats(mean, cov, "reference statistics")
+        self._factor: np.ndarray | None = None
+
+    @property
+    def factor(self) -> np.ndarray:
+        """`psd_factor` of the covariance (one eigen-decomposition, on first use)."""
+        if self._factor is None:
+            self._factor = psd_factor(self.cov)
+        return self._factor
+
+    def distance(self, features) -> float:
+        """Frechet distance between the Gaussian fit of `features` (N, D), N >= 2, and the
+        reference; equal to `frechet_distance(*gaussian_statistics(features), mean, cov)` up
+        to rounding."""
+        x = _features(features, "features")
+        if x.shape[1] != len(self.mean):
+            raise ValueError(
+                f"Frechet distance: feature dimensions differ ({x.shape[1]} vs {len(self.mean)})"
+            )
+        mean, cov = gaussian_statistics(x)
+        trace_sqrt = _trace_sqrt(_feature_factor(x, mean, cov), self.factor)
+        return _frechet(mean - self.mean, cov, self.cov, trace_sqrt)
 
 
 def polynomial_kernel(x, y) -> np.ndarray:

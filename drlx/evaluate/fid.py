@@ -1,11 +1,12 @@
 """FID, Inception Score and KID of image sets with the FID Inception-v3 (inception.py).
 
 The protocol of the papers (docs/method.md §8.3): pool3 features of 8-bit images, Frechet
-distance of their Gaussian fits against the training set's statistics (float64, stable matrix
-square root: drlx.evaluate.feature_metrics), IS over 10 splits from the softmax of the same
-network's 1008 logits, KID (Binkowski et al. 2018) against a subset of the reference features.
-Model samples are clipped to [-1, 1] and quantized to 8 bits first (`to_uint8`), as when they are
-written to PNG files for the standard tools; data read from 8-bit files is unchanged by it.
+distance of their Gaussian fits against the training set's statistics (float64, the trace term
+from singular values, the reference's covariance factored once: drlx.evaluate.feature_metrics),
+IS over 10 splits from the softmax of the same network's 1008 logits, KID (Binkowski et al.
+2018) against a subset of the reference features. Model samples are clipped to [-1, 1] and
+quantized to 8 bits first (`to_uint8`), as when they are written to PNG files for the standard
+tools; data read from 8-bit files is unchanged by it.
 """
 
 import equinox as eqx
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from drlx.evaluate.feature_metrics import frechet_distance, gaussian_statistics, kernel_distance
+from drlx.evaluate.feature_metrics import FrechetReference, gaussian_statistics, kernel_distance
 from drlx.evaluate.inception import InceptionV3
 from drlx.evaluate.uncertainty import Estimate
 from drlx.progress import progress_bar
@@ -173,8 +174,8 @@ def sample_metrics(
         all the samples (the papers' protocol), and "blocks": {"size", "fid", "inception_score",
         "kid"} with an estimate over the blocks for each.
     """
-    mu, sigma = gaussian_statistics(features)
-    fid = frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
+    fid_reference = FrechetReference(reference["mu"], reference["sigma"])  # one eigh for all
+    fid = fid_reference.distance(features)
     is_mean, is_std = inception_score(logits, splits)
     kid, kid_std = kernel_distance(
         features, reference["kid_features"], kid_subsets, kid_subset_size
@@ -183,10 +184,7 @@ def sample_metrics(
     per_block: dict[str, list[float]] = {"fid": [], "inception_score": [], "kid": []}
     for b in range(num_blocks):
         rows = slice(b * size, (b + 1) * size)
-        block_mu, block_sigma = gaussian_statistics(features[rows])
-        per_block["fid"].append(
-            frechet_distance(block_mu, block_sigma, reference["mu"], reference["sigma"])
-        )
+        per_block["fid"].append(fid_reference.distance(features[rows]))
         per_block["inception_score"].append(inception_score(logits[rows], 1)[0])
         per_block["kid"].append(
             kernel_distance(
