@@ -117,7 +117,8 @@ def paper_run(tmp_path_factory) -> tuple[Path, str, float]:
     for name in SPECS:
         (repo / "specs" / f"{name}.yaml").write_text(shrunk_spec(name))
     experiments = {name: {"base": "specs/bases/drl_image.yaml"} for name in SPECS}
-    (repo / "stages/paper/params.yaml").write_text(yaml.safe_dump({"experiments": experiments}))
+    params = {"experiments": experiments, "ood_experiments": {}}  # the ood stage: no SVHN here
+    (repo / "stages/paper/params.yaml").write_text(yaml.safe_dump(params))
     (repo / ARCHIVE).parent.mkdir(parents=True)
     write_tar(repo / ARCHIVE, {b: cifar_records(RECORDS, i)[0] for i, b in enumerate(BATCHES)})
     write_synthetic_weights(repo / WEIGHTS)

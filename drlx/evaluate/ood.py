@@ -20,6 +20,14 @@ the `levels` path, tags T and 0..T-2), "ref" (the same for the reference split) 
 bound's paths and AIS); example i's draws come from fold_in(key, i) over the concatenation of all
 sets, so every example has noise of its own and nothing depends on the chunk size.
 
+External sets (`extra_sets` of `evaluate_ood`: SVHN, CIFAR-100, CelebA at paper scale, loaded by
+drlx.data.ood_sets) are scored after, and apart from, the built-in ones, with keys of their own
+("levels/NAME", "bound/NAME"; the bound's dequantization seeded by (dequantize_seed,
+crc32(NAME))), so adding one leaves every other set's scores as they were. The bound of an
+external set is put on the built-in sets' top-level log Z (its own top-level estimate is
+swapped for theirs: the top level's log Z is one constant in every example's bound), so all
+sets' bounds share it.
+
 Detection metrics treat in-distribution as the positive class: AUROC (roc_auc_score), AUPR-in
 (average_precision_score with the in-distribution examples positive) and AUPR-out (the OOD
 examples positive, scores negated), each with a 95% percentile interval from a stratified
@@ -30,7 +38,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,6 +53,7 @@ from drlx.data.sources import Toy2D
 from drlx.density.bound import BoundResult, bits_per_dim, dequantize, path_bound
 from drlx.density.levels import chunk_size, top_level_base
 from drlx.energy import ConditionalEBM
+from drlx.errors import InputError
 from drlx.experiment import Experiment
 from drlx.keys import example_keys, named_key, per_example_normal
 from drlx.sharding import make_mesh
@@ -197,10 +206,12 @@ def per_example_bound(
     key: jax.Array,
     num_annealing_steps: int | None = None,
     mesh=None,
+    dequantize_seed: int | Sequence[int] | None = None,
 ) -> BoundResult:
     """The bound on log p(x_0) of every example in one `path_bound` call (so the top level's
     log Z is estimated once and shared), with the spec's AIS settings (temperatures optionally
-    replaced). Images must be on the 8-bit grid (`quantize`); they are dequantized first."""
+    replaced). Images must be on the 8-bit grid (`quantize`); they are dequantized first, with
+    the spec's density.dequantize_seed unless `dequantize_seed` is given."""
     s, runtime = exp.density, exp.runtime
     mesh = make_mesh(runtime.devices) if mesh is None else mesh
     ais = (
@@ -209,7 +220,8 @@ def per_example_bound(
         else s.ais._replace(num_temperatures=num_annealing_steps)
     )
     top = top_level_base(exp.schedule, train)
-    x0 = x if isinstance(exp.data, Toy2D) else dequantize(x, s.dequantize_seed)
+    seed = s.dequantize_seed if dequantize_seed is None else dequantize_seed
+    x0 = x if isinstance(exp.data, Toy2D) else dequantize(x, seed)
     chunk = chunk_size(runtime.sample_batch_size, ais.num_chains, mesh.size)  # as the density's
     return path_bound(ebm, x0, key, ais, top, s.top_chains, chunk, mesh, runtime.progress)
 
@@ -346,8 +358,10 @@ def ood_scores(
     train: np.ndarray,
     settings: OODSettings,
     log: Callable[[str], None] = lambda _: None,
+    extra_sets: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
-    """Every score of every example of `sets` (the first is the in-distribution test set).
+    """Every score of every example of `sets` (the first is the in-distribution test set) and
+    of `extra_sets` (external sets, scored apart with keys of their own: module docstring).
 
     Returns:
         scores[score][set] (higher = in-distribution; `bound` for the first num_bound examples
@@ -368,6 +382,14 @@ def ood_scores(
         "level0": _split(level0, sizes),
         "levels": _split(-mahalanobis_sq(vec, fit), sizes),
     }
+    extra_sets = {} if extra_sets is None else extra_sets
+    for name, x in extra_sets.items():
+        start = time.perf_counter()
+        x = np.asarray(x, np.float32)
+        level0_x, vec_x = cheap_scores(ebm, x, named_key(key, f"levels/{name}"), chunk)
+        scores["level0"][name] = level0_x
+        scores["levels"][name] = -mahalanobis_sq(vec_x, fit)
+        log(f"level0 and levels scores of {name}: {time.perf_counter() - start:.1f} s")
     extras: dict = {"num_reference": len(reference)}
     if settings.num_bound > 0:
         start = time.perf_counter()
@@ -377,6 +399,18 @@ def ood_scores(
             exp, ebm, xb, train, named_key(key, "bound"), settings.num_annealing_steps
         )
         nats = _split(res.per_example, bound_sizes)
+        log(f"bound: {time.perf_counter() - start:.1f} s ({len(xb)} examples)")
+        for name, x in extra_sets.items():
+            start = time.perf_counter()
+            xe = np.asarray(x[: settings.num_bound], np.float32)
+            seed = [exp.density.dequantize_seed, zlib.crc32(name.encode())]
+            res_x = per_example_bound(
+                exp, ebm, xe, train, named_key(key, f"bound/{name}"),
+                settings.num_annealing_steps, dequantize_seed=seed,
+            )  # fmt: skip
+            # the top level's term is f_{T-1}(x_{T-1}) - log Z_{T-1}: use the shared estimate
+            nats[name] = res_x.per_example + (res_x.top_log_z - res.top_log_z)
+            log(f"bound of {name}: {time.perf_counter() - start:.1f} s ({len(xe)} examples)")
         if isinstance(exp.data, Toy2D):
             scores["bound"] = nats
             extras["bound_nats"] = {k: float(np.mean(v)) for k, v in nats.items()}
@@ -388,8 +422,31 @@ def ood_scores(
         extras["top_log_z"] = res.top_log_z
         extras["top_log_z_se"] = res.top_log_z_se
         extras["mean_log_z_se"] = float(np.mean(res.log_z_se))
-        log(f"bound: {time.perf_counter() - start:.1f} s ({len(xb)} examples)")
     return scores, extras
+
+
+def check_extra_sets(
+    extra_sets: Mapping[str, np.ndarray], like: np.ndarray, taken: Sequence[str], n: int
+) -> dict[str, np.ndarray]:
+    """External OOD sets checked against the in-distribution examples `like` (N, *shape): each
+    a non-empty finite array of examples of the same shape, named apart from the `taken`
+    names; returns their first n examples as float32."""
+    out = {}
+    for name, x in extra_sets.items():
+        if name in taken:
+            raise InputError(f"OOD set {name!r}: the name is taken (built-in: {list(taken)})")
+        x = np.asarray(x)
+        if x.ndim != like.ndim or x.shape[1:] != like.shape[1:] or len(x) == 0:
+            want = ", ".join(map(str, like.shape[1:]))
+            raise InputError(
+                f"OOD set {name!r}: shape {x.shape}, expected (N, {want}) with N > 0 like the "
+                "in-distribution data (model space, channels last)"
+            )
+        x = np.asarray(x[:n], np.float32)
+        if not np.isfinite(x).all():
+            raise InputError(f"OOD set {name!r}: non-finite values")
+        out[name] = x
+    return out
 
 
 def evaluate_ood(
@@ -398,10 +455,16 @@ def evaluate_ood(
     data: Mapping[str, np.ndarray],
     settings: OODSettings | None = None,
     log: Callable[[str], None] = lambda _: None,
+    extra_sets: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """The OOD stage's numbers: builds the OOD sets, scores them and the in-distribution test
     set (held-out, first num_examples), fits the `levels` reference on heldout_b, and computes
     AUROC/AUPR of every (set, score).
+
+    Arguments:
+        extra_sets: external OOD sets (name -> examples in model space, shaped like the data;
+            images quantized to the 8-bit grid here), their first num_examples scored after
+            the built-in sets with keys of their own (the built-in sets' numbers do not move).
 
     Returns:
         The metrics (JSON-ready) and the scores[score][set] arrays (for the histograms).
@@ -428,8 +491,16 @@ def evaluate_ood(
             "shifted_2px": "held-out digits shifted by 2 pixels (random direction), fill -1",
             "grid": "every set quantized to the 8-bit grid k / 127.5 - 1",
         }
+    external = check_extra_sets(extra_sets or {}, heldout, ["in_distribution", *ood], n)
+    if not toy:
+        external = {k: quantize(v) for k, v in external.items()}
+    for name, x in external.items():
+        definition[name] = f"external set: its first {len(x)} examples (--ood-set)"
     sets = {"in_distribution": heldout, **ood}
-    scores, extras = ood_scores(exp, ebm, sets, reference, data["train"], settings, log)
+    scores, extras = ood_scores(
+        exp, ebm, sets, reference, data["train"], settings, log, extra_sets=external
+    )
+    ood = {**ood, **external}  # every OOD set, the external ones last
     results: dict = {}
     for j, name in enumerate(ood):
         results[name] = {
@@ -443,7 +514,7 @@ def evaluate_ood(
             if score in scores
         }
     if toy:  # the oracle: the true log-density, for reference (not a model score)
-        true = {k: exp.data.log_density(v) for k, v in sets.items()}
+        true = {k: exp.data.log_density(v) for k, v in {**sets, **external}.items()}
         for j, name in enumerate(ood):
             results[name]["oracle_true_log_density"] = detection_metrics(
                 true["in_distribution"], true[name], settings.num_bootstrap, seed=j
