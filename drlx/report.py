@@ -46,6 +46,9 @@ HEADLINE = (
     ("feature_metrics.json", "fd_digits_features.ratio.mean", "Frechet distance / floor"),
     ("feature_metrics.json", "kid_digits_features.excess.mean", "KID - its floor (features)"),
     ("feature_metrics.json", "classifier_confidence_samples", "classifier confidence on samples"),
+    ("ood_metrics.json", "best.overall", "OOD detection: best score"),
+    ("ood_metrics.json", "best.min_auroc.bound", "OOD: lowest AUROC over the sets, bound"),
+    ("ood_metrics.json", "best.min_auroc.level0", "OOD: lowest AUROC over the sets, level 0"),
     ("fid.json", "fid", "FID"),
     ("fid.json", "inception_score", "Inception score"),
 )
