@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run paper test lint bench env lock clean-env report
+.PHONY: run paper tasks test lint bench env lock clean-env report
 
 # Create .venv from the lock (exact versions of every package), then install drlx itself.
 $(STAMP): requirements.lock pyproject.toml
@@ -24,9 +24,15 @@ run: $(STAMP)
 paper: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro stages/paper/dvc.yaml
 
-# The test suite (what CI runs).
+# The downstream tasks (guidance, composition, inpainting; README): conditional experiments trained
+# and asked, on the embedded data, after (and beside) the default pipeline.
+tasks: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro stages/tasks/dvc.yaml
+
+# The test suite (what CI runs): one worker per core (pytest-xdist), each test file on one worker
+# (a file's module-scoped fixtures, e.g. a DVC run, are built once).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # One page of every experiment's numbers with their audit status (after `make run`).
 report: $(STAMP)

@@ -1,6 +1,7 @@
-"""The reproducibility gate (CI): a tiny pipeline in a fresh git repository, run twice from
-nothing, gives identical numbers; `drlx audit --all` passes; tampered copies fail it, naming the
-file (and the key)."""
+"""The pipeline as a user runs it, and the reproducibility gate (CI): a tiny experiment and its
+CDRL twin (with the sweep of the two) in a fresh git repository; `dvc repro` runs every stage,
+a second `dvc repro` runs none, a third from nothing gives identical numbers; `drlx audit --all`
+passes; tampered copies fail it, naming the file (and the key)."""
 
 import json
 import shutil
@@ -43,7 +44,7 @@ def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
         "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
         "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
     }  # fmt: skip
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
 
 
 def _ok(cmd: list, cwd: Path) -> str:
@@ -71,7 +72,16 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
         (repo / item).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / item, repo / item)
     (repo / "specs/tiny.yaml").write_text(TINY)
-    (repo / "params.yaml").write_text(TINY_PARAMS)
+    # its CDRL twin, and the sweep of the two at equal compute
+    cdrl = "initializer: {kind: mlp, width: 16, depth: 2, learning_rate: 1e-3}\n"
+    (repo / "specs/tiny_cdrl.yaml").write_text(TINY.replace("name: tiny", "name: tiny_cdrl") + cdrl)
+    params = TINY_PARAMS.replace(
+        "feature_experiments: {}",
+        "  tiny_cdrl:\n    base: specs/bases/toy2d.yaml\nfeature_experiments: {}",
+    ).replace(
+        "\nsweeps: {}", "\nsweeps:\n  tiny:\n    cdrl: tiny_cdrl\n    base: specs/bases/toy2d.yaml"
+    )
+    (repo / "params.yaml").write_text(params)
     dvc = str(Path(sys.executable).parent / "dvc")
     _ok(["git", "init", "-q"], repo)
     _ok([dvc, "init", "-q"], repo)
@@ -81,8 +91,24 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
     # Two runs from nothing (outputs, checkpoints and cache removed; -f: no run-cache shortcut).
     out = repo / "runs/tiny"
     first = _ok([dvc, "repro"], repo)
-    assert all(f"Running stage '{s}@tiny'" in first for s in STAGES)
+    assert all(f"Running stage '{s}@{e}'" in first for s in STAGES for e in ("tiny", "tiny_cdrl"))
     metrics = (out / "metrics.json").read_text()
+    swd = json.loads(metrics)["sliced_wasserstein"]
+    assert swd["model"]["mean"] > 0 and swd["floor"]["mean"] > 0
+    assert json.loads(metrics)["num_draws"] == 2
+    for png in ("samples.png", "density.png", "train_loss.png", "steps_sweep.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Running stage 'steps_sweep@tiny'" in first
+    sweep = json.loads((out / "steps_sweep.json").read_text())
+    cells = {(r["method"], r["langevin_steps_per_level"]) for r in sweep["rows"]}
+    assert cells == {("drl", k) for k in (5, 7, 15, 30)} | {("cdrl", k) for k in (0, 5, 7, 15, 30)}
+    passes = {(r["method"], r["langevin_steps_per_level"]): r["network_passes_per_sample"]
+              for r in sweep["rows"]}  # fmt: skip
+    assert passes["drl", 30] == 6 * 30 and passes["cdrl", 15] == 6 * 15 + 6
+    assert all(r["swd_over_floor"]["low"] <= r["swd_over_floor"]["mean"] for r in sweep["rows"])
+    # nothing changed: a second `dvc repro` runs nothing and leaves the numbers as they were
+    assert "Running stage" not in _ok([dvc, "repro"], repo)
+    assert (out / "metrics.json").read_text() == metrics
     model = md5_file(out / "model.eqx")
     records = {s: json.loads((out / f"ledger/{s}.json").read_text()) for s in STAGES}
     recorded = records["evaluate"]["metrics"]["runs/tiny/metrics.json"]
@@ -102,13 +128,14 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
 
     passed = _audit(repo, monkeypatch)
     assert passed.exit_code == 0, passed.output
-    assert "2 of 2 metrics files pass" in passed.stdout
+    # tiny: evaluate, density, steps_sweep; tiny_cdrl: evaluate, density
+    assert "5 of 5 metrics files pass" in passed.stdout
     assert "stage prepare@tiny" in passed.stdout and "specs/bases/toy2d.yaml" in passed.stdout
 
     md, page = build_report(repo, "reports")
     text = page.read_text()
     pngs = sorted(p.name for p in (repo / "runs/tiny").glob("*.png"))
-    assert len(pngs) == 5 and text.count("data:image/png;base64,") == len(pngs)
+    assert len(pngs) == 6 and text.count("data:image/png;base64,") == len(pngs)
     assert "sliced_wasserstein" in text
     assert "| runs/tiny/metrics.json | mmd2.model.mean |" in md.read_text()
     assert "not run here" in md.read_text() and "| fail |" not in md.read_text()
