@@ -12,6 +12,9 @@ The public API, for notebooks and scripts (the DVC stages call the same function
     metrics = drlx.evaluate_samples(exp, ebm, x, data["heldout"], data["heldout_b"], "d.png")
     drlx.save_model("model.eqx", (state.ema, state.initializer_ema))
     ebm = exp.ebm(*exp.load_model("model.eqx"))
+    # a conditional spec (`condition:`, docs/method.md §12): 100 samples of class 3, guided (w = 1)
+    guide = drlx.classifier_free(np.full((100, 1), 3), exp.conditioning.null, 1.0)
+    x = drlx.sample(exp, ebm, 100, guide)
 
 Names load on first use, so `import drlx` (and every module of the package, which imports it)
 pulls in nothing else: a stage depends only on the modules it imports.
@@ -35,6 +38,9 @@ _API = {
     "estimate_density": "drlx.density.estimate",
     "evaluate_samples": "drlx.evaluate.quality",
     "save_model": "drlx.io",
+    "plain": "drlx.guidance",
+    "classifier_free": "drlx.guidance",
+    "compose": "drlx.guidance",
 }
 
 __all__ = sorted(_API)

@@ -16,6 +16,7 @@ from jaxtyping import Array
 
 from drlx.cooperative import posterior_std
 from drlx.data import sources
+from drlx.data.conditions import ATTRIBUTES_OF_KIND, Conditioning
 from drlx.diffusion import (
     Schedule,
     continuous_time,
@@ -26,6 +27,7 @@ from drlx.diffusion import (
 from drlx.experiment import Experiment
 from drlx.models.base import AbstractEnergyNetwork, AbstractInitializer
 from drlx.models.initializer import MLPInitializer
+from drlx.models.layers import with_random_tables
 from drlx.models.mlp import MLPEnergy
 from drlx.models.resnet import ResNetEnergy
 from drlx.models.unet import UNetInitializer
@@ -39,6 +41,7 @@ from drlx.settings import (
     EvaluateSettings,
     LongRunSettings,
     RuntimeSettings,
+    TaskSettings,
     TrainSettings,
 )
 from drlx.spec import data as data_spec
@@ -75,11 +78,18 @@ def build_data(spec: data_spec.DataSpec) -> sources.DataSource:
             return sources.Digits(spec.num_heldout, spec.flip)
         case data_spec.Cifar10Data():
             return sources.Cifar10(spec.path, spec.flip)
+        case data_spec.ImageNet32Data():
+            return sources.ImageNet32(spec.path, spec.flip)
         case data_spec.ImageFolderData():
-            return sources.ImageFolder(spec.path, spec.size, spec.num_heldout, spec.flip)
+            return sources.ImageFolder(
+                spec.path, spec.size, spec.num_heldout, spec.flip, spec.num_classes
+            )
         case data_spec.NpzData():
             # the shape is stated in the spec; reading the file checks it
-            return sources.Npz(spec.path, spec.key, tuple(spec.shape), spec.num_heldout, spec.flip)
+            shape = tuple(spec.shape)
+            return sources.Npz(
+                spec.path, spec.key, shape, spec.num_heldout, spec.flip, spec.num_classes
+            )
     raise TypeError(f"no data source for {spec!r}")
 
 
@@ -96,10 +106,91 @@ def level_values(kind: str, schedule: Schedule, initializer: bool) -> Array | No
     raise ValueError(f"unknown level embedding {kind!r}")
 
 
+def build_conditioning(spec: ExperimentSpec, data: sources.DataSource) -> Conditioning | None:
+    """The condition block compiled against the data: a class needs a labelled dataset, an
+    attribute one the data kind can derive (SpecError located at the condition block)."""
+    cond = spec.condition
+    if cond is None:
+        return None
+    if cond.on == "class":
+        if data.num_classes is None:
+            raise SpecError([
+                f"{spec.line_of('condition', 'on')}: condition.on: class, but the {data.kind!r} "
+                "data have no classes (image_folder and npz: set data.num_classes)"
+            ])  # fmt: skip
+        return Conditioning(
+            "class", ("class",), (data.num_classes,), cond.p_uncond, data.kind,
+            cond.embedding_init_std,
+        )  # fmt: skip
+    known = ATTRIBUTES_OF_KIND.get(data.kind, ())
+    unknown = [a for a in cond.attributes if a not in known]
+    if unknown:
+        raise SpecError([
+            f"{spec.line_of('condition', 'attributes')}: condition.attributes: {unknown} cannot "
+            f"be derived from {data.kind!r} data (its attributes: {list(known) or 'none'})"
+        ])  # fmt: skip
+    cards = (2,) * len(cond.attributes)
+    return Conditioning(
+        "attributes", tuple(cond.attributes), cards, cond.p_uncond, data.kind,
+        cond.embedding_init_std,
+    )  # fmt: skip
+
+
+def build_tasks(spec: ExperimentSpec, conditioning: Conditioning | None) -> TaskSettings | None:
+    """The tasks block checked against the condition (SpecError located at the field): guidance
+    needs class conditioning, a composition's slots must be the condition's, in range."""
+    tasks = spec.tasks
+    if tasks is None:
+        return None
+
+    def refuse(path: tuple, message: str):
+        field = ".".join(str(p) for p in path)
+        raise SpecError([f"{spec.line_of(*path)}: {field}: {message}"])
+
+    if conditioning is None:
+        refuse(("tasks",), "guided and composed generation need a `condition:` block")
+    if tasks.guidance_weights and conditioning.on != "class":
+        refuse(("tasks", "guidance_weights"), "classifier-free guidance needs condition.on: class")
+    compositions = []
+    for i, comp in enumerate(tasks.compositions):
+        terms = []
+        for j, term in enumerate(comp.terms):
+            try:
+                vector = conditioning.parse(term.condition)
+            except (KeyError, ValueError) as err:
+                refuse(("tasks", "compositions", i, "terms", j, "condition"), err.args[0])
+            terms.append((tuple(int(v) for v in vector), term.weight))
+        compositions.append((comp.name, tuple(terms)))
+    names = [name for name, _ in compositions]
+    if len(set(names)) != len(names):
+        refuse(("tasks", "compositions"), f"composition names must differ: {names}")
+    return TaskSettings(
+        tuple(tasks.guidance_weights), tuple(compositions), tasks.num_samples, tasks.num_draws
+    )
+
+
+def _with_condition_init(factory: Callable, conditioning: Conditioning | None) -> Callable:
+    """The factory, its network's condition tables drawn at `embedding_init_std` (from a key
+    folded from the network's own, so the other weights keep theirs); itself when the tables
+    start at zero."""
+    if conditioning is None or conditioning.embedding_init_std == 0.0:
+        return factory
+    std = conditioning.embedding_init_std
+
+    def make(key):
+        return with_random_tables(factory(key=key), std, jax.random.fold_in(key, 0xC0D))
+
+    return make
+
+
 def network_factory(
-    spec: model_spec.ModelSpec, shape: tuple[int, ...], schedule: Schedule
+    spec: model_spec.ModelSpec,
+    shape: tuple[int, ...],
+    schedule: Schedule,
+    cardinalities: tuple[int, ...] | None = None,
 ) -> Callable[..., AbstractEnergyNetwork]:
-    """key -> a freshly initialised energy network for examples of `shape`."""
+    """key -> a freshly initialised energy network for examples of `shape` (conditional on a
+    condition of these slot sizes, if given)."""
     levels = level_values(spec.level_embedding, schedule, initializer=False)
     match spec:
         case model_spec.MLPEnergy():
@@ -113,6 +204,7 @@ def network_factory(
                 spec.fourier_features,
                 spec.fourier_scale,
                 level_values=levels,
+                cardinalities=cardinalities,
             )
         case model_spec.ResNetEnergy():
             _, _, channels = shape
@@ -125,26 +217,32 @@ def network_factory(
                 spec.embed_dim,
                 spec.spectral_norm,
                 level_values=levels,
+                cardinalities=cardinalities,
             )
     raise TypeError(f"no network for {spec!r}")
 
 
 def initializer_factory(
-    spec: init_spec.InitializerSpec, shape: tuple[int, ...], schedule: Schedule
+    spec: init_spec.InitializerSpec,
+    shape: tuple[int, ...],
+    schedule: Schedule,
+    cardinalities: tuple[int, ...] | None = None,
 ) -> Callable[..., AbstractInitializer]:
-    """key -> a freshly initialised CDRL initializer for examples of `shape`."""
+    """key -> a freshly initialised CDRL initializer for examples of `shape` (conditional on a
+    condition of these slot sizes, if given)."""
     levels = level_values(spec.level_embedding, schedule, initializer=True)
     match spec:
         case init_spec.MLPInitializer():
             return functools.partial(
                 MLPInitializer, math.prod(shape), spec.width, spec.depth, spec.embed_dim,
-                spec.activation, levels,
+                spec.activation, levels, cardinalities=cardinalities,
             )  # fmt: skip
         case init_spec.UNetInitializer():
             height, _, channels = shape
             return functools.partial(
                 UNetInitializer, channels, spec.width, spec.channel_mults, spec.num_res_blocks,
                 spec.attention_resolutions, height, spec.dropout, spec.groups, levels,
+                cardinalities=cardinalities,
             )  # fmt: skip
     raise TypeError(f"no initializer for {spec!r}")
 
@@ -295,6 +393,7 @@ def check_spec(spec: ExperimentSpec) -> None:
     schedule, data = build_schedule(spec.diffusion), build_data(spec.data)
     b2, rule = spec.sampler.step_size_b2, spec.sampler.step_size_rule
     check_step_sizes(spec, schedule, schedule.step_size_sq(b2, rule, data.spread), data.spread)
+    build_tasks(spec, build_conditioning(spec, data))
 
 
 def build(spec: ExperimentSpec) -> Experiment:
@@ -310,6 +409,9 @@ def build(spec: ExperimentSpec) -> Experiment:
         case "tether_variance":
             g_scale = schedule.sigma[1:] ** 2
     init = spec.initializer
+    conditioning = build_conditioning(spec, data)
+    cards = None if conditioning is None else conditioning.cardinalities
+    tasks = build_tasks(spec, conditioning)
     density, long_run = build_density(spec.density, spec.seed, spec.evaluate.num_projections)
     train = TrainSettings(
         num_steps=spec.train.num_steps,
@@ -342,8 +444,16 @@ def build(spec: ExperimentSpec) -> Experiment:
         step_sq=step_sq,
         g_scale=g_scale,
         weights=loss_weights(spec.objective.weighting, schedule, g_scale),
-        make_network=network_factory(spec.model, data.shape, schedule),
-        make_initializer=None if init is None else initializer_factory(init, data.shape, schedule),
+        make_network=_with_condition_init(
+            network_factory(spec.model, data.shape, schedule, cards), conditioning
+        ),
+        make_initializer=(
+            None
+            if init is None
+            else _with_condition_init(
+                initializer_factory(init, data.shape, schedule, cards), conditioning
+            )
+        ),
         initializer_optimizer=None if init is None else initializer_optimizer(init),
         proposal_std=None if init is None else posterior_std(schedule),
         tweedie=spec.sampler.tweedie,
@@ -355,4 +465,6 @@ def build(spec: ExperimentSpec) -> Experiment:
         density=density,
         long_run=long_run,
         runtime=runtime,
+        conditioning=conditioning,
+        tasks=tasks,
     )

@@ -14,6 +14,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from drlx.batch import broadcast_to_example, sum_squares
 from drlx.diffusion import Schedule
+from drlx.guidance import Guide
 from drlx.keys import per_example_normal
 from drlx.models.base import AbstractInitializer
 
@@ -39,11 +40,32 @@ class Proposal(eqx.Module):
         t: Int[Array, " N"],
         keys: PRNGKeyArray,
         dropout_key: PRNGKeyArray | None = None,
+        guide: Guide | None = None,
     ) -> Float[Array, " N *D"]:
-        """y_0 = mean(x~, t) + v_t eps; example i draws eps from fold_in(keys[i], the tag)."""
+        """y_0 = mean(x~, t) + v_t eps; example i draws eps from fold_in(keys[i], the tag).
+        Under a guide the mean is sum_j w_j mean(x~, t, c_j) (docs/method.md §12)."""
         eps = per_example_normal(keys, PROPOSAL_NOISE_TAG, x_tilde)
-        mean = self.initializer.mean(x_tilde, t, key=dropout_key)
-        return mean + broadcast_to_example(self.std[t], x_tilde) * eps
+        return (
+            self.mean(x_tilde, t, dropout_key, guide)
+            + broadcast_to_example(self.std[t], x_tilde) * eps
+        )
+
+    def mean(
+        self,
+        x_tilde: Float[Array, " N *D"],
+        t: Int[Array, " N"],
+        dropout_key: PRNGKeyArray | None = None,
+        guide: Guide | None = None,
+    ) -> Float[Array, " N *D"]:
+        """The proposal's mean, guided if a guide is given."""
+        if guide is None:
+            return self.initializer.mean(x_tilde, t, key=dropout_key)
+
+        def one(c):
+            return self.initializer.mean(x_tilde, t, key=dropout_key, c=c)
+
+        means = jax.vmap(one, in_axes=1)(guide.conditions)  # (J, N, *D)
+        return jnp.tensordot(guide.weights, means, axes=1)
 
 
 def initializer_loss(
@@ -54,6 +76,7 @@ def initializer_loss(
     keys: PRNGKeyArray,
     y_refined: Float[Array, " N *D"],
     dropout_key: PRNGKeyArray | None = None,
+    guide: Guide | None = None,
 ) -> Float[Array, ""]:
     """CDRL's initializer loss: the batch mean of ||sg(y_K) - y_0||^2, y_0 the proposal drawn
     with the same noise as the chain's start (reparameterized, so the gradient reaches the mean).
@@ -64,7 +87,8 @@ def initializer_loss(
         x_tilde, t, keys: the tethers, levels and per-example keys the chains were started with.
         y_refined: y_K, the chains' states after the EBM's Langevin steps.
         dropout_key: the initializer's dropout randomness (None: no dropout).
+        guide: the chains' conditions (a conditional initializer; None: unconditional).
     """
     proposal = Proposal(initializer, std)
-    y0 = proposal(x_tilde, t, keys, dropout_key)
+    y0 = proposal(x_tilde, t, keys, dropout_key, guide)
     return jnp.mean(sum_squares(jax.lax.stop_gradient(y_refined) - y0))

@@ -21,6 +21,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from drlx.batch import sum_squares
 from drlx.cooperative import Proposal
 from drlx.diffusion import Schedule
+from drlx.guidance import Guide
 from drlx.models.base import AbstractEnergyNetwork
 
 
@@ -40,18 +41,34 @@ class ConditionalEBM(eqx.Module):
         t: Int[Array, " N"],
         keys: PRNGKeyArray,
         dropout_key: PRNGKeyArray | None = None,
+        guide: Guide | None = None,
     ) -> Float[Array, " N *D"]:
         """Where each level's chain starts: the tether x~ (DRL), or a draw of the
-        initializer's proposal (CDRL; docs/method.md §11) from the chain's own keys."""
+        initializer's proposal (CDRL; docs/method.md §11) from the chain's own keys, its mean
+        guided like the chain's target (§12)."""
         if self.proposal is None:
             return x_tilde
-        return self.proposal(x_tilde, t, keys, dropout_key)
+        return self.proposal(x_tilde, t, keys, dropout_key, guide)
+
+    def embed(
+        self, t: Int[Array, " N"], guide: Guide | None = None, network=None
+    ) -> tuple[Array, ...]:
+        """The level's (and conditions') part of the network: `network.embed(t)` without a
+        guide, else one context per guide term, stacked on a new axis 0."""
+        network = self.network if network is None else network
+        if guide is None:
+            return network.embed(t)
+        return jax.vmap(network.embed, in_axes=(None, 1))(t, guide.conditions)
 
     def log_prob(
-        self, y: Float[Array, " N *D"], x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]
+        self,
+        y: Float[Array, " N *D"],
+        x_tilde: Float[Array, " N *D"],
+        t: Int[Array, " N"],
+        guide: Guide | None = None,
     ) -> Float[Array, " N"]:
-        """Unnormalized log p(y | x~) at per-example levels t."""
-        return self.log_prob_in_context(y, x_tilde, t, self.network.embed(t))
+        """Unnormalized log p(y | x~) at per-example levels t (guided: §12)."""
+        return self.log_prob_in_context(y, x_tilde, t, self.embed(t, guide), guide=guide)
 
     def log_prob_in_context(
         self,
@@ -60,17 +77,26 @@ class ConditionalEBM(eqx.Module):
         t: Int[Array, " N"],
         context: tuple[Array, ...],
         network: AbstractEnergyNetwork | None = None,
+        guide: Guide | None = None,
     ) -> Float[Array, " N"]:
-        """`log_prob` with the level's part of the network given (`network.embed(t)`), so that
+        """`log_prob` with the level's part of the network given (`embed(t, guide)`), so that
         many evaluations at the same levels compute it once; `network` defaults to the EBM's
         own (a chain passes its `precompute()`d copy)."""
         sigma = self.schedule.sigma[t + 1]
         tether = self.schedule.tethered[t + 1] * sum_squares(y - x_tilde) / (2.0 * sigma**2)
         network = self.network if network is None else network
-        return network.energy(y, context) / self.g_scale[t] - tether
+        return self._g(network, y, context, guide) / self.g_scale[t] - tether
+
+    @staticmethod
+    def _g(network, y, context, guide: Guide | None) -> Float[Array, " N"]:
+        """g(y, t), or sum_j w_j g(y, t, c_j) under a guide (contexts stacked on axis 0)."""
+        if guide is None:
+            return network.energy(y, context)
+        terms = jax.vmap(network.energy, in_axes=(None, 0))(y, context)  # (J, N)
+        return jnp.tensordot(guide.weights, terms, axes=1)
 
     def target(
-        self, x_tilde: Float[Array, " N *D"], t: Int[Array, " N"]
+        self, x_tilde: Float[Array, " N *D"], t: Int[Array, " N"], guide: Guide | None = None
     ) -> Callable[[Array], tuple[Array, Array]]:
         """The sampler's target for fixed (x~, t): y -> (log p(y | x~), grad_y log p(y | x~)).
 
@@ -79,10 +105,10 @@ class ConditionalEBM(eqx.Module):
         the batch sum is the per-example gradient.
         """
         network = self.network.precompute()
-        context = network.embed(t)
+        context = self.embed(t, guide, network)
 
         def total(y_):
-            values = self.log_prob_in_context(y_, x_tilde, t, context, network)
+            values = self.log_prob_in_context(y_, x_tilde, t, context, network, guide)
             return jnp.sum(values), values
 
         def value_and_grad(y):
@@ -92,11 +118,13 @@ class ConditionalEBM(eqx.Module):
         return value_and_grad
 
     def marginal_log_prob(
-        self, y: Float[Array, " N *D"], t: Int[Array, " N"]
+        self, y: Float[Array, " N *D"], t: Int[Array, " N"], guide: Guide | None = None
     ) -> Float[Array, " N"]:
         """f(y, t) = g(y, t) / k_t alone: the model of log p_t(y / a_{t+1}) up to a constant.
 
         p(x_t | x_{t+1}) is proportional to p(x_t) N(x_{t+1}; a x_t, sigma^2), and the tether is
         exactly the Gaussian factor, so g / s^2 models the marginal log-density of level t.
         """
-        return self.network(y, t) / self.g_scale[t]
+        if guide is None:
+            return self.network(y, t) / self.g_scale[t]
+        return self._g(self.network, y, self.embed(t, guide), guide) / self.g_scale[t]

@@ -11,6 +11,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from drlx.cooperative import Proposal
+from drlx.data.conditions import Conditioning
 from drlx.data.sources import DataSource
 from drlx.diffusion import Schedule
 from drlx.energy import ConditionalEBM
@@ -23,6 +24,7 @@ from drlx.settings import (
     EvaluateSettings,
     LongRunSettings,
     RuntimeSettings,
+    TaskSettings,
     TrainSettings,
 )
 
@@ -50,6 +52,8 @@ class Experiment:
         tweedie: generation ends with Tweedie's denoising step.
         train_sampler, eval_sampler: the chains of training and of generation / evaluation.
         train, evaluate, density, long_run, runtime: the engines' settings.
+        conditioning: what the models are conditioned on (None: unconditional).
+        tasks: guided and composed generation after training (None: none).
     """
 
     name: str
@@ -75,6 +79,8 @@ class Experiment:
     density: DensitySettings
     long_run: LongRunSettings
     runtime: RuntimeSettings
+    conditioning: Conditioning | None = None
+    tasks: TaskSettings | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ def recovery_likelihood_terms(
     y_neg: Float[Array, " N *D"],
     t: Int[Array, " N"],
     weights: Float[Array, " T"],
+    c: Int[Array, " N M"] | None = None,
 ) -> Float[Array, " N"]:
     """Per-example terms w_t (g(y-, t) - g(y+, t)), with y- held fixed (stop-gradient).
 
@@ -27,9 +28,12 @@ def recovery_likelihood_terms(
         y_neg: negatives from the Langevin chain started at x_{t+1}.
         t: level of each example.
         weights: w_t for each level.
+        c: conditions of the examples (a conditional network; None: unconditional).
     """
     y_neg = jax.lax.stop_gradient(y_neg)
-    return weights[t] * (network(y_neg, t) - network(y_pos, t))
+    if c is None:
+        return weights[t] * (network(y_neg, t) - network(y_pos, t))
+    return weights[t] * (network(y_neg, t, c) - network(y_pos, t, c))
 
 
 def recovery_likelihood_loss(
@@ -38,6 +42,7 @@ def recovery_likelihood_loss(
     y_neg: Float[Array, " N *D"],
     t: Int[Array, " N"],
     weights: Float[Array, " T"],
+    c: Int[Array, " N M"] | None = None,
 ) -> Float[Array, ""]:
     """Mean of `recovery_likelihood_terms` over the batch."""
-    return jnp.mean(recovery_likelihood_terms(network, y_pos, y_neg, t, weights))
+    return jnp.mean(recovery_likelihood_terms(network, y_pos, y_neg, t, weights, c))

@@ -26,8 +26,9 @@ PAPER = (
     ("DRL", "CelebA 64x64", "FID (unverified)", "fid", 5.98, "celeba64"),
     ("CDRL", "CIFAR-10", "FID", "fid", 4.31, "cifar10_cdrl"),
     ("CDRL-large", "CIFAR-10", "FID", "fid", 3.68, None),
-    ("CDRL", "ImageNet 32x32", "FID", "fid", 9.35, None),
-    ("CDRL + guidance (w = 0.7)", "ImageNet 32x32", "FID", "fid", 6.18, None),
+    ("CDRL", "ImageNet 32x32", "FID", "fid", 9.35, "imagenet32_cdrl"),
+    # the same model sampled with classifier-free guidance (stages/paper: fid_guided stage)
+    ("CDRL + guidance (w = 0.7)", "ImageNet 32x32", "FID", "fid_guided", 6.18, "imagenet32_cdrl"),
 )
 # The paper pipeline's numbers (stages/fid.py writes them to runs/NAME/fid.json): key, name.
 FID_KEYS = (("fid", "FID"), ("inception_score", "IS"), ("kid", "KID"))
@@ -49,6 +50,13 @@ HEADLINE = (
     ("ood_metrics.json", "best.overall", "OOD detection: best score"),
     ("ood_metrics.json", "best.min_auroc.bound", "OOD: lowest AUROC over the sets, bound"),
     ("ood_metrics.json", "best.min_auroc.level0", "OOD: lowest AUROC over the sets, level 0"),
+    ("guided_metrics.json", "guidance.best_accuracy", "guidance: best class accuracy over w"),
+    ("guided_metrics.json", "guidance.smallest_w_reaching_0.95", "guidance: least w at 0.95"),
+    ("inpaint_metrics.json", "masks.right_half.accuracy.model.mean", "inpainting: right-half acc."),
+    *(
+        ("guided_metrics.json", f"compositions.{name}.share_in_target.mean", f"{name}: in target")
+        for name in ("right_and_upper", "even_and_at_least_5", "not_has_loop")
+    ),
     ("fid.json", "fid", "FID"),
     ("fid.json", "inception_score", "Inception score"),
 )

@@ -71,6 +71,23 @@ class EvaluateSettings:
     draw_size: int | None
 
 
+@dataclass(frozen=True)
+class TaskSettings:
+    """Guided and composed generation of a conditional model (drlx.evaluate.guided).
+
+    Attributes:
+        guidance_weights: classifier-free guidance strengths w to sample at.
+        compositions: (name, ((condition vector, weight), ...)) of each composition.
+        num_samples: samples per guidance strength and per composition.
+        num_draws: draws behind the sample-quality numbers at each strength.
+    """
+
+    guidance_weights: tuple[float, ...]
+    compositions: tuple[tuple[str, tuple[tuple[tuple[int, ...], float], ...]], ...]
+    num_samples: int
+    num_draws: int
+
+
 class AISSettings(NamedTuple):
     """How hard AIS works (static under jit).
 

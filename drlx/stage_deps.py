@@ -31,7 +31,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
 # The dvc.yaml files `drlx deps` maintains, relative to the repository root.
-DVC_FILES = ("dvc.yaml", "stages/paper/dvc.yaml")
+DVC_FILES = ("dvc.yaml", "stages/paper/dvc.yaml", "stages/tasks/dvc.yaml")
 PACKAGE = "drlx"  # the repository's package: its folder and its .py files are code deps
 
 # `python stages/NAME.py ...` (also python3 / python3.11, options before the script)

@@ -17,6 +17,7 @@ def main() -> None:
     p.add_argument("--reference", required=True, help="statistics from the fid_reference stage")
     p.add_argument("--metrics", required=True, help="output: FID, IS, KID (JSON)")
     p.add_argument("--batch-size", type=int, default=32, help="images per Inception pass")
+    p.add_argument("--key-suffix", default="", help="appended to the metrics' names (_guided)")
     args = p.parse_args()
     exp = load_experiment(args.spec)
     with input_checks(FileNotFoundError, ValueError):  # the weights: missing, unreadable
@@ -42,7 +43,7 @@ def main() -> None:
         {
             "experiment": exp.name,
             "spec_hash": exp.scientific_hash,
-            **metrics,
+            **{f"{name}{args.key_suffix}": value for name, value in metrics.items()},
             "num_reference": int(reference["num_images"]),
             "inception_weights_sha256": sha,
         },

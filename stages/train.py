@@ -6,7 +6,7 @@ processes only process 0 writes the outputs (as in stages/sample.py)."""
 
 import sys
 
-from common import load_experiment, parser, run_stage
+from common import input_checks, load_experiment, parser, run_stage
 
 from drlx.evaluate.plots import loss_curve
 from drlx.io import read_arrays, save_model, write_json
@@ -28,10 +28,18 @@ def main() -> None:
     p.add_argument("--checkpoints", required=True, help="checkpoint folder (kept across runs)")
     args = p.parse_args()
     exp = load_experiment(args.spec)
-    train = read_arrays(args.data, "train")["train"]
+    cond = exp.conditioning
+    arrays = read_arrays(args.data, "train", *(cond.arrays_needed("train") if cond else ()))
+    with input_checks(KeyError, ValueError):
+        conditions = None if cond is None else cond.values(arrays, "train")
     checkpointer = Checkpointer(args.checkpoints, exp.training_hash)
     state, history = fit(
-        exp, train, checkpointer, progress=exp.runtime.progress, on_resume=report_resumed
+        exp,
+        arrays["train"],
+        checkpointer,
+        progress=exp.runtime.progress,
+        on_resume=report_resumed,
+        conditions=conditions,
     )
     if is_primary():
         save_model(args.model, (state.ema, state.initializer_ema))

@@ -144,6 +144,38 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+# ---- synthetic files in the real downsampled ImageNet 32x32 format ----
+def imagenet32_rows(n: int, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n rows of an ImageNet32 file: `data` (n, 3072) uint8, the R, G and B planes one after
+    the other, pixel (0, 0) of the three planes 10, 20, 30 and pixel (0, 1) of R 200; `labels`
+    (n,) in 1..1000 (the first 1). Returns data, labels and the images (n, 32, 32, 3)."""
+    rng = np.random.default_rng(1000 + offset)
+    planes = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.uint8)
+    planes[:, 0, 0, 0], planes[:, 1, 0, 0], planes[:, 2, 0, 0] = 10, 20, 30
+    planes[:, 0, 0, 1] = 200
+    labels = rng.integers(1, 1001, n)
+    labels[0] = 1
+    return planes.reshape(n, -1), labels, planes.transpose(0, 2, 3, 1)
+
+
+def write_imagenet32(folder: Path, rows: int = 3, val_rows: int = 6, subfolders: bool = False):
+    """train_data_batch_1..10.npz (`data`, `labels`, `mean`) with `rows` rows each and
+    val_data.npz (`data`, `labels`) with `val_rows`, in `folder` (or in the official zip
+    files' folders); returns {file name: (images, 0-based labels)}."""
+    names = [f"train_data_batch_{i}.npz" for i in range(1, 11)] + ["val_data.npz"]
+    truth = {}
+    for i, name in enumerate(names):
+        data, labels, images = imagenet32_rows(val_rows if name == "val_data.npz" else rows, i)
+        extra = {} if name == "val_data.npz" else {"mean": data.mean(axis=0)}
+        where = folder
+        if subfolders:
+            where = folder / ("Imagenet32_val_npz" if "val" in name else "Imagenet32_train_npz")
+        where.mkdir(parents=True, exist_ok=True)
+        np.savez(where / name, data=data, labels=labels, **extra)
+        truth[name] = (images, labels - 1)
+    return truth
+
+
 # ---- a tiny toy spec for tests that run training ----
 # CDRL's initializer block for tiny_toy_spec: a second model, optimizer and EMA in the state
 INITIALIZER = {"kind": "mlp", "width": 32, "depth": 2, "learning_rate": 1e-3, "ema_decay": 0.99}

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from drlx.builder import build
+from drlx.guidance import compose
 from drlx.samplers.many import sample_many
 from drlx.sharding import make_mesh
 from drlx.spec import load_spec
@@ -23,10 +24,14 @@ def run(spec_path: str, devices: int):
     spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"devices": devices})})
     exp = build(spec)
     train = np.random.default_rng(0).normal(size=(512, 2)).astype(np.float32) * 0.5
-    state, history = fit(exp, train, progress=False)
+    cond, conditions, guide = exp.conditioning, None, None
+    if cond is not None:  # attributes of the points; samples composed (both attributes = 1)
+        conditions = cond.values({"train": train}, "train")
+        guide = compose([np.array([1, 2]), np.array([2, 1])], [1.5, 1.0], cond.null, 64)
+    state, history = fit(exp, train, progress=False, conditions=conditions)
     samples = sample_many(
         exp.ebm(state.ema, state.initializer_ema), exp.eval_sampler, exp.key("sample"), 64,
-        exp.shape, 32, progress=False, mesh=make_mesh(devices),
+        exp.shape, 32, progress=False, mesh=make_mesh(devices), guide=guide,
     )  # fmt: skip
     # both models (the initializer is None for DRL), their EMAs and optimizer states
     leaves = jax.tree.leaves(eqx.filter(state, eqx.is_inexact_array))

@@ -4,7 +4,7 @@ and the pipeline's horizontal flips."""
 import numpy as np
 import pydantic
 import pytest
-from helpers import BATCHES, cifar_records, write_tar
+from helpers import BATCHES, cifar_records, imagenet32_rows, write_imagenet32, write_tar
 from PIL import Image
 
 from drlx.builder import build_data
@@ -38,15 +38,27 @@ def test_cifar10_reads_exact_pixels_labels_and_channel_order(cifar):
 
 def test_cifar10_prepare_splits_train_and_test_halves(cifar):
     path, truth = cifar
-    arrays = build_data(data_spec.Cifar10Data(kind="cifar10", path=str(path))).splits(0)
+    source = build_data(data_spec.Cifar10Data(kind="cifar10", path=str(path)))
+    arrays = source.splits(0)
     assert {k: v.shape for k, v in arrays.items()} == {
         "train": (100, 32, 32, 3),
         "heldout": (10, 32, 32, 3),
         "heldout_b": (10, 32, 32, 3),
+        "train_labels": (100,),
+        "heldout_labels": (10,),
+        "heldout_b_labels": (10,),
     }
-    test = truth[BATCHES[5]][0]
+    test, test_labels = truth[BATCHES[5]]
     np.testing.assert_array_equal(arrays["heldout_b"], test[10:] / np.float32(127.5) - 1)
-    assert all(a.dtype == np.float32 and a.min() >= -1 and a.max() <= 1 for a in arrays.values())
+    images_only = [arrays[k] for k in ("train", "heldout", "heldout_b")]
+    assert all(a.dtype == np.float32 and a.min() >= -1 and a.max() <= 1 for a in images_only)
+    # the labels: the data batches' in order, then each half of the test batch's
+    train_labels = np.concatenate([truth[n][1] for n in BATCHES[:5]])
+    np.testing.assert_array_equal(arrays["train_labels"], train_labels)
+    np.testing.assert_array_equal(arrays["heldout_labels"], test_labels[:10])
+    np.testing.assert_array_equal(arrays["heldout_b_labels"], test_labels[10:])
+    assert all(arrays[f"{k}_labels"].dtype == np.int64 for k in ("train", "heldout", "heldout_b"))
+    assert source.num_classes == 10
 
 
 def test_cifar10_truncated_member_is_named(tmp_path):
@@ -118,6 +130,172 @@ def test_image_folder_errors(tmp_path):
         images.load_image_folder(tmp_path, 4)
 
 
+def _square(folder, name: str, value: int):
+    """A 6x6 PNG (lossless) of one gray level, in folder (created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(folder / name)
+
+
+def test_image_folder_labelled_by_subfolder(tmp_path):
+    # classes in sorted order: ant 0, cat 1, dog 2; a class's images at any depth
+    _square(tmp_path / "dog", "b.png", 30)
+    _square(tmp_path / "dog", "a.png", 31)
+    _square(tmp_path / "ant", "x.png", 10)
+    _square(tmp_path / "cat" / "deep" / "er", "z.png", 20)
+    _square(tmp_path / "cat", "y.png", 21)
+    (tmp_path / "notes.txt").write_text("ignored, as without labels")
+    x, y = images.load_labelled_image_folder(tmp_path, 6, 3)
+    assert x.shape == (5, 6, 6, 3) and x.dtype == np.uint8 and y.dtype == np.int64
+    # by class, then by path within the class
+    np.testing.assert_array_equal(x[:, 0, 0, 0], [10, 20, 21, 31, 30])
+    np.testing.assert_array_equal(x, np.broadcast_to(x[:, :1, :1, :1], x.shape))
+    np.testing.assert_array_equal(y, [0, 1, 1, 2, 2])
+    # without num_classes: every image under the folder, in path order, as before
+    plain = images.load_image_folder(tmp_path, 6)
+    np.testing.assert_array_equal(plain[:, 0, 0, 0], [10, 20, 21, 31, 30])
+
+    spec = data_spec.ImageFolderData(
+        kind="image_folder", path=str(tmp_path), size=6, num_heldout=1, num_classes=3
+    )
+    source = build_data(spec)
+    assert source.num_classes == 3
+    arrays = source.splits(0)
+    gray_to_class = {10: 0, 20: 1, 21: 1, 30: 2, 31: 2}
+    for split in ("train", "heldout", "heldout_b"):
+        levels = np.rint((arrays[split][:, 0, 0, 0] + 1) * 127.5).astype(int)
+        want = [gray_to_class[int(v)] for v in levels]
+        np.testing.assert_array_equal(arrays[f"{split}_labels"], want)
+    assert len(arrays["train_labels"]) == 3
+    unlabelled = build_data(spec.model_copy(update={"num_classes": None})).splits(0)
+    assert set(unlabelled) == {"train", "heldout", "heldout_b"}
+
+
+def test_labelled_image_folder_errors(tmp_path):
+    _square(tmp_path / "a", "1.png", 0)
+    _square(tmp_path / "b", "2.png", 0)
+    with pytest.raises(images.DatasetError, match=rf"{tmp_path}: 2 subfolders \(a, b\), but "
+                       r"data.num_classes is 3: .*its own subfolder"):  # fmt: skip
+        images.load_labelled_image_folder(tmp_path, 6, 3)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(images.DatasetError, match=rf"{tmp_path / 'c'}: no images for class 2"):
+        images.load_labelled_image_folder(tmp_path, 6, 3)
+    _square(tmp_path, "stray.png", 0)
+    with pytest.raises(images.DatasetError, match=r"images directly in the folder \(stray.png\)"):
+        images.load_labelled_image_folder(tmp_path, 6, 3)
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        images.load_labelled_image_folder(tmp_path / "absent", 6, 3)
+
+
+def _labelled_npz(path, n: int = 12, **extra):
+    """An .npz of n images whose pixels all equal 10 x their label (label i % 3)."""
+    labels = np.arange(n) % 3
+    x = np.broadcast_to((10 * labels)[:, None, None, None], (n, 2, 2, 3)).astype(np.uint8)
+    np.savez(path, images=x, **({"labels": labels} | extra))
+    return x, labels
+
+
+def test_npz_labels(tmp_path):
+    x, labels = _labelled_npz(tmp_path / "d.npz")
+    np.testing.assert_array_equal(images.load_npz_labels(tmp_path / "d.npz", 12, 3), labels)
+    raw = {"kind": "npz", "path": str(tmp_path / "d.npz"), "shape": [2, 2, 3], "num_heldout": 2}
+    spec = data_spec.NpzData(**raw, num_classes=3)
+    arrays = build_data(spec).splits(0)
+    for split in ("train", "heldout", "heldout_b"):
+        levels = np.rint((arrays[split][:, 0, 0, 0] + 1) * 127.5).astype(int)
+        np.testing.assert_array_equal(arrays[f"{split}_labels"], levels // 10)
+        assert arrays[f"{split}_labels"].dtype == np.int64
+    assert [len(arrays[f"{s}_labels"]) for s in ("train", "heldout", "heldout_b")] == [8, 2, 2]
+    assert set(build_data(data_spec.NpzData(**raw)).splits(0)) == {"train", "heldout", "heldout_b"}
+
+    cases = {
+        "short.npz": ({"labels": labels[:-1]}, r"labels of shape \(11,\), expected \(12,\)"),
+        "wide.npz": ({"labels": labels[:, None]}, r"labels of shape \(12, 1\), expected \(12,\)"),
+        "float.npz": ({"labels": labels * 1.0}, "labels of dtype float64, expected integers"),
+        "bool.npz": ({"labels": labels > 0}, "labels of dtype bool, expected integers"),
+        "big.npz": ({"labels": labels + 1}, r"in \[1, 3\], expected 0 .. 2 \(data.num_classes is"),
+        "neg.npz": ({"labels": labels - 1}, r"labels in \[-1, 1\], expected 0 .. 2"),
+        "obj.npz": ({"labels": np.array([{"a": 1}] * 12, dtype=object)}, "cannot read 'labels'"),
+    }  # fmt: skip
+    for name, (extra, message) in cases.items():
+        np.savez(tmp_path / name, images=x, **extra)
+        with pytest.raises(images.DatasetError, match=rf"{tmp_path / name}.*{message}"):
+            build_data(data_spec.NpzData(**(raw | {"path": str(tmp_path / name)}), num_classes=3))\
+                .splits(0)  # fmt: skip
+    np.savez(tmp_path / "none.npz", images=x)
+    with pytest.raises(images.DatasetError, match=r"none.npz: no array 'labels'; found \['images'\]"
+                       r" \(data.num_classes is set"):  # fmt: skip
+        images.load_npz_labels(tmp_path / "none.npz", 12, 3)
+
+
+def test_imagenet32_reads_exact_pixels_channel_order_and_labels(tmp_path):
+    truth = write_imagenet32(tmp_path)
+    x, y = images.load_imagenet32(tmp_path, "train")
+    assert x.shape == (30, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int64
+    train = [f"train_data_batch_{i}.npz" for i in range(1, 11)]
+    np.testing.assert_array_equal(x, np.concatenate([truth[n][0] for n in train]))
+    np.testing.assert_array_equal(y, np.concatenate([truth[n][1] for n in train]))
+    # the R plane first, then G, then B, each row-major; labels 1-based in the file
+    np.testing.assert_array_equal(x[:, 0, 0], np.tile([10, 20, 30], (30, 1)))
+    assert (x[:, 0, 1, 0] == 200).all()
+    assert y[0] == 0 and y.min() >= 0 and y.max() <= 999
+    first = np.load(tmp_path / "train_data_batch_1.npz")
+    np.testing.assert_array_equal(x[0, :, :, 1].ravel(), first["data"][0, 1024:2048])  # G
+    assert first["labels"][0] == 1
+
+    arrays = images.imagenet32_splits(tmp_path)
+    val_x, val_y = truth["val_data.npz"]
+    expected = {
+        "train": (x, y),
+        "heldout": (val_x[:3], val_y[:3]),
+        "heldout_b": (val_x[3:], val_y[3:]),
+    }
+    for split, (want_x, want_y) in expected.items():
+        assert arrays[split].dtype == np.float32
+        np.testing.assert_array_equal(arrays[split], images.to_model_space(want_x))
+        np.testing.assert_array_equal(arrays[f"{split}_labels"], want_y)
+    # the same through a spec, with the files in the official zip files' folders
+    write_imagenet32(tmp_path / "zipped", subfolders=True)
+    source = build_data(data_spec.ImageNet32Data(kind="imagenet32", path=str(tmp_path / "zipped")))
+    assert source.num_classes == 1000 and source.shape == (32, 32, 3) and source.flip is True
+    assert source.spread == 0
+    from_folders = source.splits(0)
+    assert all(np.array_equal(from_folders[k], arrays[k]) for k in arrays)
+
+
+def test_imagenet32_errors(tmp_path):
+    every = r"no train_data_batch_1.npz, .*, train_data_batch_10.npz, val_data.npz in "
+    with pytest.raises(FileNotFoundError, match=rf"{every}{tmp_path}: .*data/raw/imagenet32"):
+        images.imagenet32_splits(tmp_path)
+    write_imagenet32(tmp_path)
+    (tmp_path / "train_data_batch_7.npz").unlink()
+    with pytest.raises(
+        images.DatasetNotFoundError, match=rf"no train_data_batch_7.npz in {tmp_path}:"
+    ):
+        images.imagenet32_splits(tmp_path)
+    data, labels, _ = imagenet32_rows(4, 0)
+    cases = {
+        "0-based": ({"data": data, "labels": labels - 1},
+                    r"'labels'\]: labels in \[0, \d+\], expected 1 .. 1000 \(the official files"),
+        "too big": ({"data": data, "labels": labels + 1000}, r"expected 1 .. 1000"),
+        "float labels": ({"data": data, "labels": labels * 1.0}, "labels of dtype float64"),
+        "no labels": ({"data": data}, r"no array 'labels'; found \['data'\]"),
+        "no data": ({"labels": labels}, r"no array 'data'; found \['labels'\]"),
+        "HWC rows": ({"data": data.reshape(4, 32, 32, 3), "labels": labels},
+                     r"'data'\]: uint8 of shape \(4, 32, 32, 3\), expected uint8 \(4, 3072\)"),
+        "row count": ({"data": data[:3], "labels": labels},
+                      r"shape \(3, 3072\), expected uint8 \(4, 3072\)"),
+        "dtype": ({"data": data.astype(np.int16), "labels": labels}, "int16 of shape"),
+        "pickled": ({"data": np.array([{}] * 4, dtype=object), "labels": labels},
+                    "cannot read 'data'"),
+    }  # fmt: skip
+    for arrays, message in cases.values():
+        np.savez(tmp_path / "train_data_batch_7.npz", **arrays)
+        with pytest.raises(images.DatasetError, match=rf"train_data_batch_7.npz.*{message}"):
+            images.imagenet32_splits(tmp_path)
+        with pytest.raises(images.DatasetError, match=message):
+            images.load_imagenet32(tmp_path, "train")
+
+
 def test_npz_round_trip_and_errors(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (7, 4, 5, 3)).astype(np.uint8)
     np.savez(tmp_path / "d.npz", images=x, other=x[..., 0], ints=x.astype(np.int32))
@@ -187,6 +365,7 @@ def test_image_specs_parse_and_shapes(tmp_path):
     specs = {
         "digits": ({"kind": "digits"}, (8, 8, 1), False),
         "cifar10": ({"kind": "cifar10"}, (32, 32, 3), True),
+        "imagenet32": ({"kind": "imagenet32"}, (32, 32, 3), True),
         "folder": ({"kind": "image_folder", "path": "x", "size": 64}, (64, 64, 3), True),
         "npz": ({"kind": "npz", "path": "x.npz", "shape": [28, 28, 1]}, (28, 28, 1), False),
     }
@@ -200,6 +379,9 @@ def test_image_specs_parse_and_shapes(tmp_path):
         {"kind": "image_folder", "path": "x"},
         {"kind": "npz", "path": "x.npz"},
         {"kind": "digits", "num_heldout": 899},
+        {"kind": "imagenet32", "num_classes": 1000},  # fixed by the dataset
+        {"kind": "npz", "path": "x.npz", "shape": [2, 2, 3], "num_classes": 1},
+        {"kind": "image_folder", "path": "x", "size": 8, "num_classes": True},
     ]
     for raw in bad:
         with pytest.raises(pydantic.ValidationError):

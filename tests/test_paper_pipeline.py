@@ -117,7 +117,8 @@ def paper_run(tmp_path_factory) -> tuple[Path, str, float]:
     for name in SPECS:
         (repo / "specs" / f"{name}.yaml").write_text(shrunk_spec(name))
     experiments = {name: {"base": "specs/bases/drl_image.yaml"} for name in SPECS}
-    params = {"experiments": experiments, "ood_experiments": {}}  # the ood stage: no SVHN here
+    # no SVHN here for the ood stage, and no class-conditional experiment for the guided stages
+    params = {"experiments": experiments, "ood_experiments": {}, "guided_experiments": {}}
     (repo / "stages/paper/params.yaml").write_text(yaml.safe_dump(params))
     (repo / ARCHIVE).parent.mkdir(parents=True)
     write_tar(repo / ARCHIVE, {b: cifar_records(RECORDS, i)[0] for i, b in enumerate(BATCHES)})

@@ -1,5 +1,6 @@
-"""Paper specs validate and train for two iterations on synthetic data in the real file formats;
-an .npz dataset trains from a spec alone."""
+"""Paper specs validate and train for two iterations on synthetic data in the real file formats
+(a class-conditional one with its labels, then sampled with classifier-free guidance); an .npz
+dataset trains from a spec alone."""
 
 import subprocess
 import sys
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import BATCHES, cifar_records, write_tar
+from helpers import BATCHES, cifar_records, write_imagenet32, write_tar
 from PIL import Image
 
 from drlx.builder import build, build_data
+from drlx.guidance import classifier_free
 from drlx.samplers.many import sample_many
 from drlx.spec import ExperimentSpec, load_raw
 from drlx.train.fit import fit
@@ -29,6 +31,9 @@ def _synthetic_data(kind: str, tmp: Path) -> dict:
     if kind == "cifar10":
         members = {name: cifar_records(12, i)[0] for i, name in enumerate(BATCHES)}
         return {"path": str(write_tar(tmp / "cifar-10-binary.tar.gz", members))}
+    if kind == "imagenet32":  # 10 train batches of 2 images, 4 validation images
+        write_imagenet32(tmp / "imagenet32", rows=2, val_rows=4)
+        return {"path": str(tmp / "imagenet32")}
     folder = tmp / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -48,7 +53,9 @@ def _merge(raw: dict, over: dict) -> dict:
 
 # CDRL's U-Net initializer, shrunk the same way (its structure: resolutions, attention, kept)
 SHRINK_INITIALIZER = {"width": 8, "num_res_blocks": 1, "groups": 4}
-PAPER_SPECS = ["cifar10_t6", "cifar10_t1000", "celeba64", "lsun_church64", "cifar10_cdrl"]
+PAPER_SPECS = [
+    "cifar10_t6", "cifar10_t1000", "celeba64", "lsun_church64", "cifar10_cdrl", "imagenet32_cdrl"
+]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -65,14 +72,21 @@ def test_paper_spec_runs_two_iterations(name: str, tmp_path: Path):
     exp = build(spec)
     arrays = build_data(spec.data).splits(spec.seed)
     assert arrays["train"].shape[1:] == exp.shape and arrays["train"].dtype == np.float32
-    state, history = fit(exp, arrays["train"], progress=False)
+    cond = exp.conditioning
+    assert (cond is None) == (paper.condition is None)
+    conditions = None if cond is None else cond.values(arrays, "train")
+    state, history = fit(exp, arrays["train"], progress=False, conditions=conditions)
     assert int(state.step) == 2 and np.isfinite(history[-1]["loss"])
     if paper.initializer is not None:
         assert np.isfinite(history[-1]["initializer_loss"])
     if spec.diffusion.num_levels <= 6:  # T1000 generation is 1000 levels long; skip it here
         ebm = exp.ebm(state.ema, state.initializer_ema)
+        guide = None
+        if cond is not None:  # classes 0 and 999 at the paper's guidance strength
+            classes = np.asarray([[0], [cond.cardinalities[0] - 1]], np.int32)
+            guide = classifier_free(classes, cond.null, 0.7)
         x = sample_many(ebm, exp.eval_sampler, exp.key("s"), 2, exp.shape, 2, progress=False,
-                        tweedie=exp.tweedie)  # fmt: skip
+                        tweedie=exp.tweedie, guide=guide)  # fmt: skip
         assert x.shape == (2, *exp.shape) and np.all(np.isfinite(x))
 
 

@@ -15,9 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cooperative", [False, True], ids=["drl", "cdrl"])
-def test_one_and_four_devices_agree(tmp_path: Path, cooperative: bool):
-    extra = {"initializer": INITIALIZER} if cooperative else {}
+@pytest.mark.parametrize("kind", ["drl", "cdrl", "conditional"])
+def test_one_and_four_devices_agree(tmp_path: Path, kind: str):
+    """Training and sampling; `conditional`: attribute-conditional CDRL, its batches carrying
+    conditions and its samples composed (docs/method.md §12)."""
+    extra = {"initializer": INITIALIZER} if kind != "drl" else {}
+    if kind == "conditional":
+        attributes = ["right_half", "upper_half"]
+        extra["condition"] = {"on": "attributes", "attributes": attributes, "p_uncond": 0.5}
     spec = tiny_toy_spec(
         tmp_path / "shard.yaml", "shard", data={"num_train": 600, "num_heldout": 100},
         sampler={"num_steps": 8},

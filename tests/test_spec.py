@@ -214,6 +214,8 @@ SWITCHED_ON = {
     ("train", "grad_clip"): 1.0,
     ("evaluate", "draw_size"): 7,
     ("sampler", "generation"): {"kind": "underdamped"},
+    ("condition",): {"on": "class"},
+    ("tasks",): {"num_samples": 10},
 }
 
 

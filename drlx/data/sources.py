@@ -5,7 +5,8 @@ bounds how narrow a level's target can be (the step-size check, docs/method.md Â
 
 Every source's `splits(seed)` returns {"train", "heldout", "heldout_b"} arrays in the model's
 data space ([-1, 1] scale); "heldout_b" is a second held-out draw, the floor of every
-sample-quality number. Digits also return their class labels ("train_labels", ...).
+sample-quality number. Labelled sources (`num_classes` not None) also return their class labels
+("train_labels", ...).
 """
 
 import zlib
@@ -36,6 +37,7 @@ class Toy2D:
     num_heldout: int
     shape: tuple[int, ...] = (2,)
     flip: bool = False
+    num_classes: ClassVar[int | None] = None  # no classes; attributes from the points
 
     def splits(self, seed: int) -> dict[str, np.ndarray]:
         n = self.num_heldout
@@ -58,6 +60,7 @@ class Digits:
 
     kind: ClassVar[str] = "digits"
     spread: ClassVar[float] = 0.0
+    num_classes: ClassVar[int] = 10
 
     num_heldout: int
     flip: bool
@@ -70,11 +73,12 @@ class Digits:
 
 @dataclass(frozen=True)
 class Cifar10:
-    """CIFAR-10's official binary archive: train = its 50k training images, held-out sets = the
-    two halves of its test set (the seed is not used)."""
+    """CIFAR-10's official binary archive with its labels: train = its 50k training images,
+    held-out sets = the two halves of its test set (the seed is not used)."""
 
     kind: ClassVar[str] = "cifar10"
     spread: ClassVar[float] = 0.0
+    num_classes: ClassVar[int] = 10
 
     path: str
     flip: bool
@@ -95,14 +99,18 @@ class ImageFolder:
     size: int
     num_heldout: int
     flip: bool
+    num_classes: int | None = None  # labelled by subfolder
 
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.size, self.size, 3)
 
     def splits(self, seed: int) -> dict[str, np.ndarray]:
-        array = images.load_image_folder(self.path, self.size)
-        return images.split_by_seed(array, self.num_heldout, seed)
+        if self.num_classes is None:
+            array = images.load_image_folder(self.path, self.size)
+            return images.split_by_seed(array, self.num_heldout, seed)
+        array, labels = images.load_labelled_image_folder(self.path, self.size, self.num_classes)
+        return images.split_by_seed(array, self.num_heldout, seed, labels=labels)
 
 
 @dataclass(frozen=True)
@@ -117,10 +125,32 @@ class Npz:
     shape: tuple[int, ...]
     num_heldout: int
     flip: bool
+    num_classes: int | None = None  # labelled by the file's `labels` array
 
     def splits(self, seed: int) -> dict[str, np.ndarray]:
         array = images.load_npz(self.path, self.key, self.shape)
-        return images.split_by_seed(array, self.num_heldout, seed)
+        labels = None
+        if self.num_classes is not None:
+            labels = images.load_npz_labels(self.path, len(array), self.num_classes)
+        return images.split_by_seed(array, self.num_heldout, seed, labels=labels)
 
 
-DataSource = Toy2D | Digits | Cifar10 | ImageFolder | Npz
+@dataclass(frozen=True)
+class ImageNet32:
+    """The downsampled ImageNet 32x32 (Chrabaszcz et al. 2017, image-net.org's .npz files)
+    with its 1000 classes: train = its 1.28M training images, held-out sets = the two halves of
+    its 50k validation images (the seed is not used)."""
+
+    kind: ClassVar[str] = "imagenet32"
+    spread: ClassVar[float] = 0.0
+    num_classes: ClassVar[int] = images.IMAGENET32_CLASSES
+
+    path: str
+    flip: bool
+    shape: tuple[int, ...] = (32, 32, 3)
+
+    def splits(self, seed: int) -> dict[str, np.ndarray]:
+        return images.imagenet32_splits(self.path)
+
+
+DataSource = Toy2D | Digits | Cifar10 | ImageNet32 | ImageFolder | Npz

@@ -293,3 +293,56 @@ def class_shares_bars(path, shares: dict[str, np.ndarray], title: str) -> None:
     ax.legend()
     fig.suptitle(title)
     _save(fig, path)
+
+
+def guidance_figure(path, rows: list[dict], images: dict[float, np.ndarray], title: str) -> None:
+    """Classifier-free guidance: class accuracy against the Frechet distance over its floor, one
+    point per strength w (with their 95% intervals), beside 20 samples (two per class) of a few
+    strengths."""
+    fig = Figure(figsize=(12.0, 5.0), layout="constrained")
+    ax, right = fig.subplots(1, 2, width_ratios=[1.0, 1.2])
+    acc = np.array([r["class_accuracy"]["mean"] for r in rows])
+    acc_ci = np.array([[r["class_accuracy"]["low"], r["class_accuracy"]["high"]] for r in rows])
+    fd = np.array([r["fd_over_floor"]["mean"] for r in rows])
+    fd_ci = np.array([[r["fd_over_floor"]["low"], r["fd_over_floor"]["high"]] for r in rows])
+    ax.errorbar(
+        fd, acc, xerr=np.abs(fd_ci.T - fd), yerr=np.abs(acc_ci.T - acc), fmt="o-", capsize=2
+    )
+    for r, x, y in zip(rows, fd, acc, strict=True):
+        ax.annotate(
+            f"w={r['w']:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7
+        )
+    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("Frechet distance in the classifier's features / held-out floor")
+    ax.set_ylabel("share assigned to the requested class")
+    shown = [w for w in images if w in (min(images), 1.0, max(images))] or list(images)[:3]
+    canvas = np.concatenate([_tile(images[w], 20) for w in shown], axis=0)
+    _show(right, canvas, "rows: w = " + ", ".join(f"{w:g}" for w in shown) + " (classes 0-9 twice)")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def compositions_figure(
+    path, samples: dict[str, np.ndarray], shares: dict[str, float], data: np.ndarray, title: str
+) -> None:
+    """One panel per composition: its samples (a scatter over the held-out data for 2D points,
+    a grid of 64 images otherwise), titled with the share inside the target set."""
+    names = list(samples)
+    fig = Figure(figsize=(4.2 * len(names), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    for ax, name in zip(axes, names, strict=True):
+        x = samples[name]
+        label = f"{name}: {shares[name]:.3f} in target"
+        if x.ndim == 2 and x.shape[1] == 2:
+            ax.scatter(data[:, 0], data[:, 1], s=2, alpha=0.15, color="grey", linewidths=0)
+            ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.5, linewidths=0)
+            ax.axhline(0, color="k", lw=0.5)
+            ax.axvline(0, color="k", lw=0.5)
+            ax.set_xlim(-_LIM, _LIM)
+            ax.set_ylim(-_LIM, _LIM)
+            ax.set_aspect("equal")
+            ax.set_title(label, fontsize=9)
+        else:
+            _show(ax, _tile(x[:64], 8), label)
+    fig.suptitle(title)
+    _save(fig, path)

@@ -16,16 +16,19 @@ class AbstractEnergyNetwork(eqx.Module):
     """
 
     @abc.abstractmethod
-    def embed(self, t: Int[Array, " N"]) -> tuple[Array, ...]:
-        """Everything that depends on the level only (a context per example)."""
+    def embed(self, t: Int[Array, " N"], c: Int[Array, " N M"] | None = None) -> tuple[Array, ...]:
+        """Everything that depends on the level (and the condition c) only: a context per
+        example. A conditional network reads c = None as the null condition (unconditional)."""
 
     @abc.abstractmethod
     def energy(self, y: Float[Array, " N *D"], context: tuple[Array, ...]) -> Float[Array, " N"]:
         """g(y, t) given `embed(t)`."""
 
-    def __call__(self, y: Float[Array, " N *D"], t: Int[Array, " N"]) -> Float[Array, " N"]:
-        """Network output g for a batch of inputs and levels."""
-        return self.energy(y, self.embed(t))
+    def __call__(
+        self, y: Float[Array, " N *D"], t: Int[Array, " N"], c: Int[Array, " N M"] | None = None
+    ) -> Float[Array, " N"]:
+        """Network output g for a batch of inputs, levels (and conditions)."""
+        return self.energy(y, self.embed(t) if c is None else self.embed(t, c))
 
     @abc.abstractmethod
     def power_iteration(self) -> Self:
@@ -48,6 +51,8 @@ class AbstractInitializer(eqx.Module):
         x_tilde: Float[Array, " N *D"],
         t: Int[Array, " N"],
         key: PRNGKeyArray | None = None,
+        c: Int[Array, " N M"] | None = None,
     ) -> Float[Array, " N *D"]:
-        """The proposal's mean for tethers x~ = x_{t+1} at levels t; `key` turns dropout on
-        (training), None leaves the mean deterministic (sampling)."""
+        """The proposal's mean for tethers x~ = x_{t+1} at levels t (and conditions c; None:
+        the null condition of a conditional initializer); `key` turns dropout on (training),
+        None leaves the mean deterministic (sampling)."""

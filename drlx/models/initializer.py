@@ -16,7 +16,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from drlx.models.base import AbstractInitializer
-from drlx.models.layers import ACTIVATIONS, Dense, level_inputs, sinusoidal_embedding
+from drlx.models.layers import (
+    ACTIVATIONS,
+    ConditionEmbedding,
+    Dense,
+    conditioned,
+    level_inputs,
+    sinusoidal_embedding,
+)
 
 
 def dropout(x: Array, rate: float, key: PRNGKeyArray | None) -> Array:
@@ -62,6 +69,7 @@ class MLPInitializer(AbstractInitializer):
     layers: tuple[Dense, ...]
     level_proj: tuple[Dense, ...]
     out: Dense
+    condition: ConditionEmbedding | None  # added to temb (None: unconditional)
 
     def __init__(
         self,
@@ -74,6 +82,7 @@ class MLPInitializer(AbstractInitializer):
         *,
         key: PRNGKeyArray,
         dropout: float = 0.0,
+        cardinalities: tuple[int, ...] | None = None,
     ):
         """
         Arguments:
@@ -85,6 +94,7 @@ class MLPInitializer(AbstractInitializer):
             level_values: (T,) embedding input of each level (not trained).
             key: PRNG key for the initial weights.
             dropout: drop probability of the hidden activations when `mean` gets a key.
+            cardinalities: the condition's slot sizes (None: unconditional).
         """
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -102,6 +112,7 @@ class MLPInitializer(AbstractInitializer):
         self.level_proj = tuple(Dense(width, width, False, k) for k in keys[depth + 2 : -1])
         # Zero output layer: the proposal starts centred on the tether x~.
         self.out = zero_dense(Dense(width, dim, False, keys[-1]))
+        self.condition = None if cardinalities is None else ConditionEmbedding(cardinalities, width)
 
     @property
     def _act(self) -> Callable:
@@ -112,6 +123,7 @@ class MLPInitializer(AbstractInitializer):
         x_tilde: Float[Array, " N *D"],
         t: Int[Array, " N"],
         key: PRNGKeyArray | None = None,
+        c: Int[Array, " N M"] | None = None,
     ) -> Float[Array, " N *D"]:
         """The proposal's mean for tethers x~ = x_{t+1} at levels t.
 
@@ -119,6 +131,7 @@ class MLPInitializer(AbstractInitializer):
             x_tilde: tethers (N, *D); flattened inside.
             t: levels (N,), integers indexing `level_values`.
             key: PRNG key to enable dropout (training), or None (sampling: deterministic).
+            c: conditions (N, M) (None: the null condition of a conditional network).
 
         Returns:
             Means of the shape of x_tilde.
@@ -127,7 +140,7 @@ class MLPInitializer(AbstractInitializer):
         h = x_tilde.reshape(n, -1)
         emb = sinusoidal_embedding(level_inputs(self.level_values, t), self.embed_dim)
         dense0, dense1 = self.temb
-        temb = dense1(self._act(dense0(emb)))
+        temb = conditioned(dense1(self._act(dense0(emb))), self.condition, c)
         for i, (layer, proj) in enumerate(zip(self.layers, self.level_proj, strict=True)):
             h = self._act(layer(h) + proj(temb))
             h = dropout(h, self.dropout, None if key is None else jax.random.fold_in(key, i))

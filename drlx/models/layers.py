@@ -49,6 +49,57 @@ def level_inputs(level_values: Float[Array, " T"] | None, t: Int[Array, " N"]) -
     return jax.lax.stop_gradient(level_values)[t]
 
 
+class ConditionEmbedding(eqx.Module):
+    """A condition's embedding (docs/method.md §12): sum_m E_m[c_m], one table per slot m of
+    the condition vector with n_m + 1 rows, the last one the slot's null token. Added to the
+    level embedding of a network, it makes the network conditional; the all-null condition is
+    the unconditional model."""
+
+    cardinalities: tuple[int, ...] = eqx.field(static=True)
+    tables: tuple[Float[Array, " V E"], ...]
+
+    def __init__(self, cardinalities: tuple[int, ...], dim: int):
+        """
+        Arguments:
+            cardinalities: n_m of every slot (classes, or 2 for a binary attribute).
+            dim: the embedding size (the level embedding's).
+
+        The tables start at zero, so that a conditional network starts as its unconditional
+        one; `with_random_tables` draws them instead.
+        """
+        self.cardinalities = tuple(int(n) for n in cardinalities)
+        self.tables = tuple(jnp.zeros((n + 1, dim)) for n in self.cardinalities)
+
+    def __call__(self, c: Int[Array, " N M"] | None, n: int) -> Float[Array, " N E"]:
+        """The embeddings of a batch of n conditions; None: the null condition for all n."""
+        if c is None:
+            c = jnp.broadcast_to(jnp.asarray(self.cardinalities, jnp.int32), (n, len(self.tables)))
+        return sum(table[c[:, m]] for m, table in enumerate(self.tables))
+
+
+def with_random_tables(network: T, std: float, key: PRNGKeyArray) -> T:
+    """The network with its condition tables drawn from N(0, std^2) (unchanged for std 0 or an
+    unconditional network)."""
+    if std == 0.0 or getattr(network, "condition", None) is None:
+        return network
+    tables = network.condition.tables
+    keys = jax.random.split(key, len(tables))
+    new = tuple(std * jax.random.normal(k, t.shape) for k, t in zip(keys, tables, strict=True))
+    return eqx.tree_at(lambda m: m.condition.tables, network, new)
+
+
+def conditioned(
+    temb: Float[Array, " N E"], embedding: ConditionEmbedding | None, c: Int[Array, " N M"] | None
+) -> Float[Array, " N E"]:
+    """The level embedding plus the condition's (unchanged for an unconditional network, which
+    refuses a condition)."""
+    if embedding is None:
+        if c is not None:
+            raise ValueError("a condition was given to an unconditional network")
+        return temb
+    return temb + embedding(c, temb.shape[0])
+
+
 # --- Channels-last convolution -------------------------------------------------------------------
 # One batched `conv_general_dilated` in NHWC/HWIO: the fastest layout on the CPU (the other
 # layouts, Equinox's Conv2d under vmap, im2col and Winograd were measured slower; see

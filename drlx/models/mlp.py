@@ -9,7 +9,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from drlx.models.base import AbstractEnergyNetwork
-from drlx.models.layers import ACTIVATIONS, level_inputs, sinusoidal_embedding
+from drlx.models.layers import (
+    ACTIVATIONS,
+    ConditionEmbedding,
+    conditioned,
+    level_inputs,
+    sinusoidal_embedding,
+)
 
 
 class MLPEnergy(AbstractEnergyNetwork):
@@ -27,6 +33,7 @@ class MLPEnergy(AbstractEnergyNetwork):
     layers: tuple[eqx.nn.Linear, ...]
     level_proj: tuple[eqx.nn.Linear, ...]
     readout: eqx.nn.Linear
+    condition: ConditionEmbedding | None
 
     def __init__(
         self,
@@ -39,8 +46,10 @@ class MLPEnergy(AbstractEnergyNetwork):
         fourier_scale: float,
         key: PRNGKeyArray,
         level_values: Float[Array, " T"] | None = None,
+        cardinalities: tuple[int, ...] | None = None,
     ):
         keys = jax.random.split(key, 2 * depth + 3)
+        self.condition = None if cardinalities is None else ConditionEmbedding(cardinalities, width)
         act = ACTIVATIONS[activation]
         self.embed_dim = embed_dim
         self.activation = activation
@@ -75,11 +84,12 @@ class MLPEnergy(AbstractEnergyNetwork):
     def _act(self) -> Callable:
         return ACTIVATIONS[self.activation]
 
-    def embed(self, t: Int[Array, " N"]) -> tuple[Array, ...]:
-        """Everything that depends on the level only: per-layer biases and the read-out vector.
-        Computed once per chain, not once per Langevin step."""
+    def embed(self, t: Int[Array, " N"], c: Int[Array, " N M"] | None = None) -> tuple[Array, ...]:
+        """Everything that depends on the level (and condition) only: per-layer biases and the
+        read-out vector. Computed once per chain, not once per Langevin step."""
         steps = level_inputs(self.level_values, t)
         temb = jax.vmap(self.temb)(sinusoidal_embedding(steps, self.embed_dim))
+        temb = conditioned(temb, self.condition, c)
         biases = tuple(jax.vmap(proj)(temb) for proj in self.level_proj)
         return (*biases, jax.vmap(self.readout)(self._act(temb)))
 

@@ -9,9 +9,11 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from drlx.models.base import AbstractEnergyNetwork
 from drlx.models.layers import (
+    ConditionEmbedding,
     Conv2d,
     Dense,
     avg_pool2,
+    conditioned,
     level_inputs,
     power_iterate,
     precompute_convs,
@@ -83,6 +85,7 @@ class ResNetEnergy(AbstractEnergyNetwork):
     conv_in: Conv2d
     stages: tuple[tuple[ResidualBlock, ...], ...]
     readout: Dense
+    condition: ConditionEmbedding | None  # added to temb (None: unconditional)
 
     def __init__(
         self,
@@ -94,6 +97,7 @@ class ResNetEnergy(AbstractEnergyNetwork):
         spectral_norm: bool,
         key: PRNGKeyArray,
         level_values: Float[Array, " T"] | None = None,
+        cardinalities: tuple[int, ...] | None = None,
     ):
         num_blocks = blocks_per_resolution * len(channel_mults)
         k_t0, k_t1, k_in, k_out, *k_blocks = jax.random.split(key, 4 + num_blocks)
@@ -115,12 +119,17 @@ class ResNetEnergy(AbstractEnergyNetwork):
             stages.append(tuple(blocks))
         self.stages = tuple(stages)
         self.readout = Dense(temb_dim, channels, spectral_norm, k_out)
+        self.condition = (
+            None if cardinalities is None else ConditionEmbedding(cardinalities, temb_dim)
+        )
 
-    def embed(self, t: Int[Array, " N"]) -> tuple[Array, ...]:
-        """Level-only parts, once per chain: each block's level bias and the read-out vector."""
+    def embed(self, t: Int[Array, " N"], c: Int[Array, " N M"] | None = None) -> tuple[Array, ...]:
+        """Level-only (and condition-only) parts, once per chain: each block's level bias and
+        the read-out vector."""
         dense0, dense1 = self.temb
         steps = level_inputs(self.level_values, t)
         temb = dense1(_act(dense0(sinusoidal_embedding(steps, self.embed_dim))))
+        temb = conditioned(temb, self.condition, c)
         a = _act(temb)
         biases = tuple(block.temb_proj(a) for stage in self.stages for block in stage)
         return (*biases, self.readout(a))

@@ -15,7 +15,15 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from drlx.models.base import AbstractInitializer
 from drlx.models.initializer import dropout as apply_dropout
-from drlx.models.layers import Conv2d, Dense, avg_pool2, level_inputs, sinusoidal_embedding
+from drlx.models.layers import (
+    ConditionEmbedding,
+    Conv2d,
+    Dense,
+    avg_pool2,
+    conditioned,
+    level_inputs,
+    sinusoidal_embedding,
+)
 
 GROUP_NORM_EPS = 1e-6  # as in DDPM and the CDRL code
 
@@ -200,6 +208,7 @@ class UNetInitializer(AbstractInitializer):
     up: tuple[Stage, ...]
     norm_out: GroupNorm
     conv_out: Conv2d
+    condition: ConditionEmbedding | None  # added to temb (None: unconditional)
 
     def __init__(
         self,
@@ -214,6 +223,7 @@ class UNetInitializer(AbstractInitializer):
         level_values: Float[Array, " T"],
         *,
         key: PRNGKeyArray,
+        cardinalities: tuple[int, ...] | None = None,
     ):
         """
         Arguments:
@@ -227,6 +237,7 @@ class UNetInitializer(AbstractInitializer):
             groups: GroupNorm groups (capped at the channel count).
             level_values: (T,) embedding input of each level (not trained).
             key: PRNG key for the initial weights.
+            cardinalities: the condition's slot sizes (None: unconditional).
         """
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -287,18 +298,24 @@ class UNetInitializer(AbstractInitializer):
         self.up = tuple(up)
         self.norm_out = GroupNorm(groups, channels)
         self.conv_out = zero_conv(Conv2d(channels, in_channels, 3, False, next(keys)))
+        self.condition = (
+            None if cardinalities is None else ConditionEmbedding(cardinalities, temb_dim)
+        )
 
-    def embed(self, t: Int[Array, " N"]) -> Float[Array, " N E"]:
-        """silu(temb(t)): the level input every residual block reads."""
+    def embed(
+        self, t: Int[Array, " N"], c: Int[Array, " N M"] | None = None
+    ) -> Float[Array, " N E"]:
+        """silu(temb(t) + the condition's embedding): what every residual block reads."""
         dense0, dense1 = self.temb
         emb = sinusoidal_embedding(level_inputs(self.level_values, t), self.width)
-        return jax.nn.silu(dense1(jax.nn.silu(dense0(emb))))
+        return jax.nn.silu(conditioned(dense1(jax.nn.silu(dense0(emb))), self.condition, c))
 
     def mean(
         self,
         x_tilde: Float[Array, " N H W C"],
         t: Int[Array, " N"],
         key: PRNGKeyArray | None = None,
+        c: Int[Array, " N M"] | None = None,
     ) -> Float[Array, " N H W C"]:
         """The proposal's mean for tethers x~ = x_{t+1} at levels t.
 
@@ -306,13 +323,14 @@ class UNetInitializer(AbstractInitializer):
             x_tilde: tethers (N, H, W, C), H = W = `resolution`.
             t: levels (N,), integers indexing `level_values`.
             key: PRNG key to enable dropout (training), or None (sampling: deterministic).
+            c: conditions (N, M) (None: the null condition of a conditional network).
 
         Returns:
             Means (N, H, W, C).
         """
         if x_tilde.shape[1:3] != (self.resolution, self.resolution):
             raise ValueError(f"expected {self.resolution}x{self.resolution} images")
-        temb_act = self.embed(t)
+        temb_act = self.embed(t, c)
         count = 0
 
         def run(block: ResBlock, h: Array) -> Array:

@@ -6,6 +6,8 @@ from pydantic import Field, PositiveInt
 
 from drlx.spec.base import MAX_CHANNELS, Block, Examples, FilePath, ImageSide
 
+# classes of a labelled dataset (ImageNet has 1000)
+NumClasses = Annotated[int, Field(gt=1, le=100_000)]
 ToyName = Literal["eight_gaussians", "checkerboard", "two_moons", "swiss_roll", "rings"]
 
 
@@ -36,6 +38,17 @@ class Cifar10Data(Block):
     flip: bool = True
 
 
+class ImageNet32Data(Block):
+    """The downsampled ImageNet 32x32 (Chrabaszcz et al. 2017) from image-net.org's .npz files
+    (train_data_batch_1..10.npz, val_data.npz) in the folder `path`, with its 1000 classes:
+    train = the 1.28M training images, held-out sets = the two halves of the 50k validation
+    images."""
+
+    kind: Literal["imagenet32"]
+    path: FilePath = "data/raw/imagenet32"  # a folder
+    flip: bool = True
+
+
 class ImageFolderData(Block):
     """A folder of .jpg/.png/.webp images (CelebA, LSUN exports), centre-cropped to squares,
     resized to size x size, split at random by the experiment seed."""
@@ -45,6 +58,9 @@ class ImageFolderData(Block):
     size: ImageSide
     num_heldout: Examples = 5_000
     flip: bool = True
+    # labelled by subfolder: one subfolder per class (their sorted names are classes 0, 1, ...),
+    # this many; None: unlabelled, every image under the folder
+    num_classes: NumClasses | None = None
 
 
 class NpzData(Block):
@@ -61,9 +77,12 @@ class NpzData(Block):
     )
     num_heldout: Examples = 5_000
     flip: bool = False
+    # labelled: the file also holds an integer array `labels` (N,) with values 0 .. num_classes-1;
+    # None: unlabelled
+    num_classes: NumClasses | None = None
 
 
 DataSpec = Annotated[
-    Toy2DData | DigitsData | Cifar10Data | ImageFolderData | NpzData,
+    Toy2DData | DigitsData | Cifar10Data | ImageNet32Data | ImageFolderData | NpzData,
     Field(discriminator="kind"),
 ]

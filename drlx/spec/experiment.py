@@ -6,6 +6,7 @@ import json
 from pydantic import Field, PrivateAttr
 
 from drlx.spec.base import Block
+from drlx.spec.condition import Condition
 from drlx.spec.data import DataSpec
 from drlx.spec.density import Density
 from drlx.spec.diffusion import DiffusionSpec
@@ -14,6 +15,7 @@ from drlx.spec.initializer import InitializerSpec
 from drlx.spec.model import ModelSpec
 from drlx.spec.runtime import Runtime
 from drlx.spec.sampler import SamplerSpec
+from drlx.spec.tasks import Tasks
 from drlx.spec.train import Objective, Train
 
 
@@ -30,6 +32,10 @@ class ExperimentSpec(Block):
     sampler: SamplerSpec
     # CDRL's initializer; absent (DRL), every chain starts at its tether
     initializer: InitializerSpec | None = None
+    # class or attribute conditioning with null-token dropout; absent: unconditional models
+    condition: Condition | None = None
+    # guided and composed generation after training (a conditional model); absent: none
+    tasks: Tasks | None = None
     objective: Objective = Objective()
     train: Train = Train()
     density: Density = Density()
@@ -53,7 +59,7 @@ class ExperimentSpec(Block):
         self._lines = dict(lines)
 
     def line_of(self, *path: str) -> str:
-        """"file:line" of a field as loaded (its nearest written ancestor), or "<spec>"."""
+        """ "file:line" of a field as loaded (its nearest written ancestor), or "<spec>"."""
         for end in range(len(path), 0, -1):
             if path[:end] in self._lines:
                 return self._lines[path[:end]]
@@ -61,7 +67,7 @@ class ExperimentSpec(Block):
 
     def scientific_dict(self) -> dict:
         """Every field that can change a result: all but the runtime block."""
-        return self.model_dump(mode="json", exclude={"runtime"})
+        return _dump(self, {"runtime"})
 
     def scientific_hash(self) -> str:
         """SHA-256 of the canonical JSON of the scientific part (sorted keys, no spaces)."""
@@ -69,9 +75,25 @@ class ExperimentSpec(Block):
 
     def training_hash(self) -> str:
         """SHA-256 of what training depends on: the scientific part without the blocks read
-        only after training (density, evaluate). Names the checkpoint folder, so changing how a
-        trained model is evaluated does not retrain it."""
-        return _sha256(self.model_dump(mode="json", exclude={"runtime", "density", "evaluate"}))
+        only after training (density, evaluate, tasks). Names the checkpoint folder, so
+        changing how a trained model is evaluated does not retrain it."""
+        return _sha256(_dump(self, {"runtime", "density", "evaluate", "tasks"}))
+
+
+# Fields added after results were published, left out of the dump (hence the hashes) while unset,
+# so that every earlier spec keeps its hashes (and its checkpoints and audited records).
+LATER_OPTIONAL = (("condition",), ("tasks",), ("data", "num_classes"))
+
+
+def _dump(spec: ExperimentSpec, exclude: set[str]) -> dict:
+    tree = spec.model_dump(mode="json", exclude=exclude)
+    for *parents, name in LATER_OPTIONAL:
+        node = tree
+        for key in parents:
+            node = node.get(key, {})
+        if name in node and node[name] is None:
+            del node[name]
+    return tree
 
 
 def _sha256(tree: dict) -> str:

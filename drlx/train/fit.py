@@ -26,6 +26,7 @@ def fit(
     checkpointer: Checkpointer | None = None,
     progress: bool = True,
     on_resume: Callable[[int], None] | None = None,
+    conditions: np.ndarray | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Train for exp.train.num_steps steps, resuming from the newest good checkpoint if any.
 
@@ -39,11 +40,18 @@ def fit(
         checkpointer: where checkpoints go (None: no checkpoints, no resumption).
         progress: show a progress bar.
         on_resume: called with the restored checkpoint's step when the run resumes one.
+        conditions: the training examples' conditions (N, M), for a conditional experiment
+            (`exp.conditioning.values(arrays, "train")`).
 
     Returns:
         The final state (report `state.ema`) and the logged loss history.
     """
     settings = exp.train
+    cond = exp.conditioning
+    if (cond is None) != (conditions is None):
+        raise ValueError(
+            "a conditional experiment needs its training conditions, an unconditional one none"
+        )
     mesh = make_mesh(exp.runtime.devices)
     check_divisible(settings.batch_size, mesh, "train.batch_size")
     check_process_order([d.process_index for d in mesh.devices.flat], jax.process_count())
@@ -58,10 +66,17 @@ def fit(
         exp.initializer_optimizer,
         settings.initializer_ema_decay,
         exp.proposal_std,
+        None if cond is None else cond.null,
+        0.0 if cond is None else cond.p_uncond,
     )
     key = exp.key("train")
     batches = batch_iterator(
-        train, settings.batch_size, seed=settings.data_seed, flip=settings.flip, rows=rows
+        train,
+        settings.batch_size,
+        seed=settings.data_seed,
+        flip=settings.flip,
+        rows=rows,
+        conditions=conditions,
     )
     state = init_state(
         exp.init_network(), exp.optimizer, exp.init_initializer(), exp.initializer_optimizer

@@ -58,8 +58,9 @@ def train_loop(
 
     Arguments:
         state: the starting state.
-        train_step: the jitted step (state, batch, key) -> (state, metrics).
-        batches: an endless iterator of data batches, positioned at `state.step`.
+        train_step: the jitted step (state, batch, key[, conditions]) -> (state, metrics).
+        batches: an endless iterator of data batches (or of (batch, conditions) pairs),
+            positioned at `state.step`.
         key: the training key.
         num_steps: the step count to reach.
         log_every: record metrics every this many steps.
@@ -82,7 +83,9 @@ def train_loop(
     bar = progress_bar(num_steps, "train", "it", progress, initial=start)
     try:
         for i in range(start, num_steps):
-            state, metrics = train_step(state, place(next(batches)), jax.random.fold_in(key, i))
+            batch = next(batches)  # an array, or (array, conditions) for a conditional model
+            data = tuple(map(place, batch)) if isinstance(batch, tuple) else (place(batch),)
+            state, metrics = train_step(state, data[0], jax.random.fold_in(key, i), *data[1:])
             step = i + 1
             log = step % log_every == 0 or step == num_steps
             save = checkpoint is not None and (

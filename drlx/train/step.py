@@ -12,6 +12,7 @@ from drlx.batch import broadcast_to_example
 from drlx.cooperative import initializer_loss
 from drlx.diffusion import q_sample_pair
 from drlx.energy import ConditionalEBM
+from drlx.guidance import Guide, plain
 from drlx.keys import example_keys, fold_each, named_key
 from drlx.objective import recovery_likelihood_loss
 from drlx.samplers.base import AbstractSampler
@@ -81,11 +82,19 @@ def negatives(
     t: Array,
     keys: PRNGKeyArray,
     dropout_key: PRNGKeyArray | None = None,
+    guide: Guide | None = None,
 ) -> Array:
     """y- : K Langevin steps on y, started at the tether x~ = x_{t+1} (DRL) or at a draw of
     the initializer's proposal (CDRL); no gradient flows through the chain's start."""
-    y0 = jax.lax.stop_gradient(ebm.start(x_next, t, keys, dropout_key))
-    return sampler(ebm.target(x_next, t), y0, ebm.step_sq[t], keys)
+    y0 = jax.lax.stop_gradient(ebm.start(x_next, t, keys, dropout_key, guide))
+    return sampler(ebm.target(x_next, t, guide), y0, ebm.step_sq[t], keys)
+
+
+def drop_conditions(c: Array, null: Array, p_uncond: float, keys: PRNGKeyArray) -> Array:
+    """Each entry of each example's condition replaced by its null token with probability
+    p_uncond, independently (example i draws from its own key)."""
+    drop = jax.vmap(lambda k: jax.random.bernoulli(k, p_uncond, (c.shape[1],)))(keys)
+    return jnp.where(drop, jnp.asarray(null, c.dtype)[None, :], c)
 
 
 def make_train_step(
@@ -98,7 +107,9 @@ def make_train_step(
     initializer_optimizer: optax.GradientTransformation | None = None,
     initializer_ema_decay: float | None = None,
     proposal_std: Float[Array, " T"] | None = None,
-) -> Callable[[TrainState, Array, PRNGKeyArray], tuple[TrainState, dict]]:
+    null: Array | None = None,
+    p_uncond: float = 0.0,
+) -> Callable[..., tuple[TrainState, dict]]:
     """Build the jitted step (docs/method.md §5.3, §11): t ~ U{0..T-1} per example, positives
     y+ = a_{t+1} x_t, negatives from the chain, Adam on the weighted loss, EMA of the weights.
     With an initializer in the state (CDRL) the chains start at its proposal, and after the
@@ -113,10 +124,17 @@ def make_train_step(
         ema_decay: decay of the EMA of the energy network.
         initializer_optimizer, initializer_ema_decay, proposal_std: the initializer's
             optimizer, EMA decay and per-level proposal spread v_t (CDRL only).
+        null, p_uncond: a conditional model's null condition (M,) and the probability that
+            each entry of a training example's condition is replaced by its null token.
+
+    The step is (state, x0, key) for unconditional models, (state, x0, key, c) with the
+    examples' conditions c (N, M) for conditional ones (docs/method.md §12).
     """
 
     @eqx.filter_jit
-    def train_step(state: TrainState, x0: Array, key: PRNGKeyArray) -> tuple[TrainState, dict]:
+    def train_step(
+        state: TrainState, x0: Array, key: PRNGKeyArray, c: Array | None = None
+    ) -> tuple[TrainState, dict]:
         n = x0.shape[0]
         # one power iteration of every spectral norm per step; the chain and the loss then use
         # fixed normalized weights, and the advanced vectors are carried in the new state
@@ -130,9 +148,13 @@ def make_train_step(
         y_pos = broadcast_to_example(schedule.a_out[t + 1], x_t) * x_t
         chain_keys = fold_each(keys, 2)
         dropout_key = None if state.initializer is None else named_key(key, "dropout")
-        y_neg = negatives(ebm, sampler, x_next, t, chain_keys, dropout_key)
+        guide = None
+        if c is not None:
+            c = drop_conditions(c, null, p_uncond, fold_each(keys, 3))
+            guide = plain(c)
+        y_neg = negatives(ebm, sampler, x_next, t, chain_keys, dropout_key, guide)
         loss, grads = eqx.filter_value_and_grad(recovery_likelihood_loss)(
-            network, y_pos, y_neg, t, weights
+            network, y_pos, y_neg, t, weights, c
         )
         network, opt_state = _update(network, grads, optimizer, state.opt_state)
         new_state = TrainState(
@@ -149,7 +171,7 @@ def make_train_step(
         if state.initializer is None:
             return new_state, metrics
         init_loss, init_grads = eqx.filter_value_and_grad(initializer_loss)(
-            state.initializer, proposal_std, x_next, t, chain_keys, y_neg, dropout_key
+            state.initializer, proposal_std, x_next, t, chain_keys, y_neg, dropout_key, guide
         )
         initializer, init_opt_state = _update(
             state.initializer, init_grads, initializer_optimizer, state.initializer_opt_state
