@@ -309,3 +309,29 @@ def test_conditional_training_and_composition_end_to_end(tmp_path):
     out, samples = composition_results(exp, ebm, judge, log=lambda _: None)
     assert samples["right"].shape == (64, 2)
     assert out["right"]["share_in_target"]["mean"] == np.mean(samples["right"][:, 0] > 0)
+
+
+def test_readme_tasks_example_builds(tmp_path):
+    """The README's condition/tasks fragment, pasted into specs/digits.yaml, validates and
+    builds (and its commented class-conditional variant too)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    marker = "<!-- README tasks: tests/test_guidance.py builds it over specs/digits.yaml -->"
+    match = re.search(re.escape(marker) + r"\n```yaml\n(.*?)```", text, re.S)
+    assert match, "the README's tasks example (after its marker) is missing"
+    block = match.group(1)
+    base = str(root / "specs/bases/drl_image.yaml")
+    digits = (root / "specs/digits.yaml").read_text().replace("bases/drl_image.yaml", base)
+    commented = "\n".join(
+        line[2:] for line in block.splitlines() if line.startswith(("# condition:", "# tasks:"))
+    )
+    spec = tmp_path / "pasted.yaml"
+    spec.write_text(digits + "\n" + block)
+    exp = build(load_spec(spec))
+    assert exp.conditioning.names == ("even", "at_least_5") and len(exp.tasks.compositions) == 1
+    spec.write_text(digits + "\n" + commented + "\n")
+    exp = build(load_spec(spec))
+    assert exp.conditioning.on == "class" and exp.tasks.guidance_weights == (0.0, 0.5, 1.0, 2.0)

@@ -135,7 +135,9 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
     md, page = build_report(repo, "reports")
     text = page.read_text()
     pngs = sorted(p.name for p in (repo / "runs/tiny").glob("*.png"))
-    assert len(pngs) == 6 and text.count("data:image/png;base64,") == len(pngs)
+    assert len(pngs) == 6  # and 5 of tiny_cdrl (no sweep of its own)
+    pngs += sorted(p.name for p in (repo / "runs/tiny_cdrl").glob("*.png"))
+    assert len(pngs) == 11 and text.count("data:image/png;base64,") == len(pngs)
     assert "sliced_wasserstein" in text
     assert "| runs/tiny/metrics.json | mmd2.model.mean |" in md.read_text()
     assert "not run here" in md.read_text() and "| fail |" not in md.read_text()
