@@ -124,8 +124,8 @@ def run_sample_stage(spec_path: str, shared: Path) -> tuple[np.ndarray, list[str
     got, written = [], []
     sample, write_arrays, samples_figure = stage.sample, stage.write_arrays, stage.samples_figure
 
-    def recorded_sample(*args):
-        got.append(sample(*args))
+    def recorded_sample(*args, **kwargs):
+        got.append(sample(*args, **kwargs))
         return got[-1]
 
     def recorded_write(function):
