@@ -11,7 +11,12 @@ import numpy as np
 from common import input_checks, load_experiment, parser, run_stage
 
 from drlx.errors import InputError
-from drlx.evaluate.digits_features import ARRAY_NAMES, classifier_from_arrays, features_and_probs
+from drlx.evaluate.digits_features import (
+    ARRAY_NAMES,
+    class_shares,
+    classifier_from_arrays,
+    features_and_probs,
+)
 from drlx.evaluate.guided import composition_results, guidance_sweep
 from drlx.evaluate.plots import compositions_figure, guidance_figure
 from drlx.io import read_arrays, write_json
@@ -43,8 +48,11 @@ def main() -> None:
                 read_arrays(args.features, *ARRAY_NAMES), args.features
             )
 
+        judged = []  # the class probabilities of each judged sample set, in order
+
         def judge(samples: np.ndarray) -> np.ndarray:
             _, probs = features_and_probs(extractor, np.clip(samples, -1.0, 1.0))
+            judged.append(probs)
             classes = np.argmax(probs, axis=1)
             return cond.values({"samples_labels": classes}, "samples")
     else:
@@ -62,11 +70,9 @@ def main() -> None:
         guidance_figure(args.plot, metrics["guidance"]["rows"], images, title + "guidance")
     if exp.tasks.compositions:
         metrics["compositions"], samples = composition_results(exp, ebm, judge)
-        if digits:  # the class shares behind each share in target
-            for name, x in samples.items():
-                _, probs = features_and_probs(extractor, np.clip(x, -1.0, 1.0))
-                shares = np.bincount(np.argmax(probs, axis=1), minlength=10) / len(x)
-                metrics["compositions"][name]["class_shares"] = shares.tolist()
+        if digits:  # the class shares behind each share in target (judged in this order)
+            for name, probs in zip(samples, judged, strict=True):
+                metrics["compositions"][name]["class_shares"] = class_shares(probs).tolist()
         shares = {n: m["share_in_target"]["mean"] for n, m in metrics["compositions"].items()}
         plot = args.compose_plot if exp.tasks.guidance_weights else args.plot
         if plot is None:
