@@ -23,6 +23,7 @@ from drlx.cooperative import Proposal
 from drlx.diffusion import Schedule
 from drlx.guidance import Guide
 from drlx.models.base import AbstractEnergyNetwork
+from drlx.samplers.base import target_from_log_prob
 
 
 class ConditionalEBM(eqx.Module):
@@ -101,21 +102,13 @@ class ConditionalEBM(eqx.Module):
         """The sampler's target for fixed (x~, t): y -> (log p(y | x~), grad_y log p(y | x~)).
 
         Level-dependent parts of the network, and its weights as the chain uses them
-        (`precompute`), are computed once here. Examples are independent, so the gradient of
-        the batch sum is the per-example gradient.
+        (`precompute`), are computed once here.
         """
         network = self.network.precompute()
         context = self.embed(t, guide, network)
-
-        def total(y_):
-            values = self.log_prob_in_context(y_, x_tilde, t, context, network, guide)
-            return jnp.sum(values), values
-
-        def value_and_grad(y):
-            grad, values = jax.grad(total, has_aux=True)(y)
-            return values, grad
-
-        return value_and_grad
+        return target_from_log_prob(
+            lambda y: self.log_prob_in_context(y, x_tilde, t, context, network, guide)
+        )
 
     def marginal_log_prob(
         self, y: Float[Array, " N *D"], t: Int[Array, " N"], guide: Guide | None = None

@@ -25,10 +25,6 @@ class Guide(eqx.Module):
     conditions: Int[Array, " N J M"]
     weights: Float[Array, " J"]
 
-    @property
-    def num_terms(self) -> int:
-        return self.conditions.shape[1]
-
 
 def _check_weights(weights: np.ndarray) -> None:
     if not np.isclose(weights.sum(), 1.0, atol=1e-6):

@@ -30,7 +30,8 @@ from helpers import QuadraticEnergy, random_mlp
 
 from drlx.diffusion import drl_linear_schedule
 from drlx.energy import ConditionalEBM
-from drlx.samplers.mala import MALA, mala_step, target_from_log_prob
+from drlx.samplers.base import target_from_log_prob
+from drlx.samplers.mala import MALA, mala_step
 from drlx.samplers.many import sample_many
 from drlx.samplers.progressive import generate, recover
 from drlx.samplers.ula import ULA

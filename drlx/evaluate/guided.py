@@ -14,9 +14,8 @@ from drlx.data.conditions import Conditioning
 from drlx.energy import ConditionalEBM
 from drlx.evaluate.digits_features import DigitsClassifier, digits_metrics, features_and_probs
 from drlx.experiment import Experiment
-from drlx.guidance import Guide, classifier_free, compose, requested_classes
-from drlx.samplers.many import sample_many
-from drlx.sharding import make_mesh
+from drlx.guidance import classifier_free, compose, requested_classes
+from drlx.samplers.many import sample
 
 
 def share_with_interval(hits: np.ndarray) -> dict:
@@ -28,19 +27,6 @@ def share_with_interval(hits: np.ndarray) -> dict:
         "mean": k / n, "low": float(ci.low), "high": float(ci.high), "level": 0.95,
         "count": k, "n": n,
     }  # fmt: skip
-
-
-def guided_samples(exp: Experiment, ebm: ConditionalEBM, guide: Guide, stream: str) -> np.ndarray:
-    """Samples under a guide (one row of its conditions per sample), from the random stream
-    `stream`: every guide of a stream sees the same noise (common random numbers), so two
-    strengths differ only by their guidance."""
-    runtime = exp.runtime
-    num = guide.conditions.shape[0]
-    return sample_many(
-        ebm, exp.eval_sampler, exp.key(stream), num, exp.shape,
-        min(runtime.sample_batch_size, num), runtime.progress, make_mesh(runtime.devices),
-        exp.tweedie, guide,
-    )  # fmt: skip
 
 
 def guidance_sweep(
@@ -66,7 +52,7 @@ def guidance_sweep(
     for w in tasks.guidance_weights:
         start = time.perf_counter()
         guide = classifier_free(wanted[:, None], cond.null, w)
-        samples = guided_samples(exp, ebm, guide, "guidance")
+        samples = sample(exp, ebm, num, guide, "guidance")
         _, probs = features_and_probs(extractor, np.clip(samples, -1.0, 1.0))
         accuracy = share_with_interval(np.argmax(probs, axis=1) == wanted)
         quality = digits_metrics(samples, heldout, heldout_b, extractor, tasks.num_draws, size)
@@ -129,7 +115,7 @@ def composition_results(
         start = time.perf_counter()
         vectors, weights = zip(*terms, strict=True)
         guide = compose(vectors, weights, cond.null, exp.tasks.num_samples)
-        samples = guided_samples(exp, ebm, guide, f"compose-{name}")
+        samples = sample(exp, ebm, exp.tasks.num_samples, guide, f"compose-{name}")
         values = judge(samples)
         share = share_with_interval(target_hits(cond, terms, values))
         out[name] = {

@@ -4,10 +4,29 @@ import abc
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 Target = Callable[[Array], tuple[Array, Array]]
 """A sampler's target: y -> (log p(y) per example, grad_y log p(y))."""
+
+
+def target_from_log_prob(log_prob: Callable[[Array], Array]) -> Target:
+    """A sampler target y -> (log p, grad_y log p) from a per-example log-density.
+
+    Examples are independent, so the gradient of the batch sum is the per-example gradient.
+    """
+
+    def total(y):
+        values = log_prob(y)
+        return jnp.sum(values), values
+
+    def value_and_grad(y):
+        grad, values = jax.grad(total, has_aux=True)(y)
+        return values, grad
+
+    return value_and_grad
 
 
 class AbstractSampler(eqx.Module):

@@ -5,8 +5,6 @@ The noise scale is 1 by construction: a tempered proposal (noise_scale < 1) woul
 corrected towards the untempered target, so the knob has no meaning here.
 """
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -15,23 +13,6 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from drlx.batch import broadcast_to_example, sum_squares
 from drlx.keys import fold_each, per_example_normal
 from drlx.samplers.base import AbstractSampler, Target
-
-
-def target_from_log_prob(log_prob: Callable[[Array], Array]) -> Target:
-    """A sampler target y -> (log p, grad_y log p) from a per-example log-density.
-
-    Examples are independent, so the gradient of the batch sum is the per-example gradient.
-    """
-
-    def total(y):
-        values = log_prob(y)
-        return jnp.sum(values), values
-
-    def value_and_grad(y):
-        grad, values = jax.grad(total, has_aux=True)(y)
-        return values, grad
-
-    return value_and_grad
 
 
 def mala_step(

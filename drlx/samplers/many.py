@@ -86,7 +86,11 @@ def _guide_rows(guide: Guide, start: int, chunk: int) -> Guide:
 
 
 def sample(
-    exp: Experiment, ebm: ConditionalEBM, num: int | None = None, guide: Guide | None = None
+    exp: Experiment,
+    ebm: ConditionalEBM,
+    num: int | None = None,
+    guide: Guide | None = None,
+    stream: str = "sample",
 ) -> np.ndarray:
     """Samples x_0 of a trained experiment, from white noise down the levels with the
     evaluation sampler (then Tweedie's step if the spec asks): sample i uses
@@ -99,6 +103,8 @@ def sample(
         num: how many (default: the spec's evaluate.num_samples).
         guide: a conditional model's guide, one row of conditions per sample
             (`drlx.classifier_free`, `drlx.compose`, `drlx.plain`; docs/method.md §12).
+        stream: the name of the random stream (exp.key(stream)); samples of two guides
+            drawn from one stream see the same noise (common random numbers).
 
     On several processes every one calls this and gets all the samples (see `sample_many`);
     tests/test_multihost.py checks they equal one process's.
@@ -111,7 +117,7 @@ def sample(
     return sample_many(
         ebm,
         exp.eval_sampler,
-        exp.key("sample"),
+        exp.key(stream),
         num,
         exp.shape,
         min(runtime.sample_batch_size, num),
