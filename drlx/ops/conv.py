@@ -1,0 +1,173 @@
+"""oneDNN convolutions inside XLA programs (drlx/ops/onednn_conv.cc, through JAX's FFI).
+
+`conv2d_onednn(x, w)`: the stride-1, 'SAME'-padded, channels-last convolution of
+drlx.models.layers.conv2d (NHWC x, HWIO w with odd kernel sizes, float32) computed by oneDNN's
+forward primitive, reverse-mode differentiable through oneDNN's backward-data and
+backward-weights primitives (custom VJP).
+
+vmap: each of the three calls has a batching rule (`jax.custom_batching.custom_vmap`). A batch
+of activations with one kernel is folded into the convolution's own batch axis N (one call);
+anything else (a batched kernel, or per-example weight gradients) runs as a sequential
+`lax.map` over the vmapped axis.
+
+`load()` loads the library built by `python -m drlx.ops.build` and registers its handlers
+with XLA (CPU only); it returns False if that is impossible, and `load_error()` says why.
+"""
+
+import ctypes
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
+from jaxtyping import Array, Float
+
+from drlx.ops import build
+
+LIBRARY = build.LIBRARY
+# pass name -> (symbol in the library, XLA custom-call target name)
+HANDLERS = {
+    "forward": ("DrlxOnednnConvForward", "drlx_onednn_conv_forward"),
+    "backward_data": ("DrlxOnednnConvBackwardData", "drlx_onednn_conv_backward_data"),
+    "backward_weights": ("DrlxOnednnConvBackwardWeights", "drlx_onednn_conv_backward_weights"),
+}
+PASS_INDEX = {"forward": 0, "backward_data": 1, "backward_weights": 2}
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    if not LIBRARY.exists():
+        why = "not built"
+        if build.ERROR_FILE.exists():
+            why = f"its build failed: {build.ERROR_FILE.read_text().strip()}"
+        return None, f"{LIBRARY} missing ({why}; run `python -m drlx.ops.build`)"
+    if not build.up_to_date():
+        return None, f"{LIBRARY} is older than {build.SOURCE.name}: run `python -m drlx.ops.build`"
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+        for symbol, target in HANDLERS.values():
+            capsule = jax.ffi.pycapsule(getattr(lib, symbol))
+            jax.ffi.register_ffi_target(target, capsule, platform="cpu")
+    except Exception as err:  # noqa: BLE001 - reported to the caller, who falls back
+        return None, f"loading {LIBRARY.name} failed: {type(err).__name__}: {err}"
+    lib.DrlxOnednnConvImpl.restype = ctypes.c_char_p
+    lib.DrlxOnednnConvImpl.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 7
+    return lib, None
+
+
+def load() -> bool:
+    """Load the library and register its three FFI targets for the CPU (once per process).
+    False if the library is missing, stale or cannot be loaded: `load_error()` says why."""
+    return _load()[0] is not None
+
+
+def load_error() -> str | None:
+    """Why `load()` failed (None if it succeeded)."""
+    return _load()[1]
+
+
+def implementation(pass_: str, shape: tuple[int, ...]) -> str:
+    """The oneDNN implementation chosen for a pass and a shape (n, h, w, i, o, kh, kw), with
+    '|reorder' when the kernel is reordered to a blocked layout ('|plain': used as is)."""
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(f"oneDNN convolutions unavailable: {why}")
+    return lib.DrlxOnednnConvImpl(PASS_INDEX[pass_], *shape).decode()
+
+
+def _call(pass_: str, a: Array, b: Array, out_shape: tuple[int, ...]) -> Array:
+    if not load():
+        raise RuntimeError(f"oneDNN convolutions unavailable: {load_error()}")
+    out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+    return jax.ffi.ffi_call(HANDLERS[pass_][1], out)(a, b)
+
+
+def _check(x: Array, w: Array) -> None:
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"conv2d_onednn needs NHWC x and HWIO w, got {x.shape} and {w.shape}")
+    if w.shape[0] % 2 == 0 or w.shape[1] % 2 == 0:
+        raise ValueError(f"conv2d_onednn needs an odd kernel size, got {w.shape[:2]}")
+    if x.shape[3] != w.shape[2]:
+        raise ValueError(f"{x.shape[3]} input channels for a kernel of {w.shape[2]}")
+    if x.dtype != jnp.float32 or w.dtype != jnp.float32:
+        raise TypeError(f"conv2d_onednn is float32 only, got {x.dtype} and {w.dtype}")
+
+
+def _batching_rule(op, fold: bool):
+    """A custom_vmap rule for op(a, b): `fold` ops whose second operand is unbatched merge the
+    vmapped axis into N; everything else maps sequentially."""
+
+    def rule(axis_size, in_batched, a, b):
+        a_batched, b_batched = in_batched
+        if fold and a_batched and not b_batched:
+            out = op(a.reshape(-1, *a.shape[2:]), b)
+            return out.reshape(axis_size, a.shape[1], *out.shape[1:]), True
+        if not a_batched:
+            a = jnp.broadcast_to(a, (axis_size, *a.shape))
+        if not b_batched:
+            b = jnp.broadcast_to(b, (axis_size, *b.shape))
+        return jax.lax.map(lambda ab: op(*ab), (a, b)), True
+
+    return rule
+
+
+@custom_vmap
+def forward(x: Float[Array, " N H W I"], w: Float[Array, " kh kw I O"]) -> Array:
+    """y = conv(x, w) (NHWC): oneDNN's forward convolution."""
+    return _call("forward", x, w, (*x.shape[:3], w.shape[3]))
+
+
+@custom_vmap
+def backward_data(dy: Float[Array, " N H W O"], w: Float[Array, " kh kw I O"]) -> Array:
+    """dx of y = conv(x, w) given dy: oneDNN's backward-data convolution."""
+    return _call("backward_data", dy, w, (*dy.shape[:3], w.shape[2]))
+
+
+def _backward_weights_shape(x: Array, dy: Array, kernel: tuple[int, int]) -> tuple[int, ...]:
+    return (*kernel, x.shape[3], dy.shape[3])
+
+
+def backward_weights(
+    x: Float[Array, " N H W I"], dy: Float[Array, " N H W O"], kernel: tuple[int, int]
+) -> Float[Array, " kh kw I O"]:
+    """dw of y = conv(x, w) given dy, w of spatial size `kernel`: oneDNN's backward-weights
+    convolution."""
+    return _backward_weights(tuple(kernel))(x, dy)
+
+
+@functools.cache
+def _backward_weights(kernel: tuple[int, int]):
+    @custom_vmap
+    def op(x, dy):
+        return _call("backward_weights", x, dy, _backward_weights_shape(x, dy, kernel))
+
+    # per-example weight gradients: never folded (that would sum them)
+    op.def_vmap(_batching_rule(op, fold=False))
+    return op
+
+
+forward.def_vmap(_batching_rule(forward, fold=True))
+backward_data.def_vmap(_batching_rule(backward_data, fold=True))
+
+
+@jax.custom_vjp
+def conv2d_onednn(
+    x: Float[Array, " N H W I"], w: Float[Array, " kh kw I O"]
+) -> Float[Array, " N H W O"]:
+    """Stride-1, 'SAME'-padded cross-correlation of NHWC x with the HWIO kernel w (odd sizes),
+    by oneDNN; reverse-mode differentiable, batched under vmap (see the module's doc)."""
+    _check(x, w)
+    return forward(x, w)
+
+
+def _fwd(x, w):
+    _check(x, w)
+    return forward(x, w), (x, w)
+
+
+def _bwd(res, ct):
+    x, w = res
+    return backward_data(ct, w), backward_weights(x, ct, w.shape[:2])
+
+
+conv2d_onednn.defvjp(_fwd, _bwd)
