@@ -16,6 +16,7 @@ with XLA (CPU only); it returns False if that is impossible, and `load_error()` 
 
 import ctypes
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -171,3 +172,46 @@ def _bwd(res, ct):
 
 
 conv2d_onednn.defvjp(_fwd, _bwd)
+
+
+# --- Which backend runs the convolutions (runtime.conv_backend) --------------------------------
+
+BACKEND_CHOICES = ("xla", "onednn", "auto")
+_resolved: dict[str, str] = {}  # requested -> resolved, in this process
+
+
+def resolve_backend(requested: str) -> str:
+    """The convolution backend ("xla" or "onednn") for a requested runtime.conv_backend.
+
+    auto: oneDNN when JAX's default backend is the CPU and `load()` succeeds, else XLA.
+    onednn: oneDNN on the CPU (a RuntimeError naming the reason if it cannot be loaded); XLA on
+    an accelerator, whose own convolutions are used whatever was asked. xla: XLA's.
+    Says once per process on stderr which backend runs and why. Starts JAX's backend: call it
+    when the first network is made (after any `jax.distributed.initialize()`).
+    """
+    if requested not in BACKEND_CHOICES:
+        raise ValueError(f"conv_backend must be one of {BACKEND_CHOICES}, got {requested!r}")
+    if requested in _resolved:
+        return _resolved[requested]
+    platform = jax.default_backend()
+    if platform != "cpu":
+        resolved, why = "xla", f"JAX runs on {platform}"
+    elif requested == "xla":
+        resolved, why = "xla", "requested"
+    elif load():
+        resolved, why = "onednn", "requested" if requested == "onednn" else "CPU, library loaded"
+    elif requested == "onednn":
+        raise RuntimeError(
+            f"runtime.conv_backend is 'onednn' but the oneDNN convolutions cannot be used: "
+            f"{load_error()}"
+        )
+    else:
+        resolved, why = "xla", f"oneDNN unavailable: {load_error()}"
+    _resolved[requested] = resolved  # said once per requested value, so at most three times
+    print(f"drlx: convolutions on {resolved} (conv_backend={requested}: {why})", file=sys.stderr)
+    return resolved
+
+
+def backends_used() -> dict[str, str]:
+    """requested -> resolved conv_backend of every resolution in this process (for the ledger)."""
+    return dict(_resolved)
