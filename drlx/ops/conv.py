@@ -21,6 +21,9 @@ import sys
 import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
 from drlx.ops import build
@@ -76,11 +79,94 @@ def implementation(pass_: str, shape: tuple[int, ...]) -> str:
     return lib.DrlxOnednnConvImpl(PASS_INDEX[pass_], *shape).decode()
 
 
-def _call(pass_: str, a: Array, b: Array, out_shape: tuple[int, ...]) -> Array:
+def _ffi(pass_: str, a: Array, b: Array, out_shape: tuple[int, ...]) -> Array:
     if not load():
         raise RuntimeError(f"oneDNN convolutions unavailable: {load_error()}")
     out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
     return jax.ffi.ffi_call(HANDLERS[pass_][1], out)(a, b)
+
+
+# --- Sharding: XLA's partitioner would gather a custom call's operands onto every device (each
+# one then convolving the whole batch). Each pass instead runs per shard of the batch axis N
+# (custom_partitioning); the weight gradient is summed over the shards (psum). Every other axis
+# is replicated first. On one device the call is inlined as it is.
+
+# factors of (operand, operand -> result), "n" the batch
+_RULES = {
+    "forward": "n h w i, k l i o -> n h w o",
+    "backward_data": "n h w o, k l i o -> n h w i",
+    "backward_weights": "n h w i, n h w o -> k l i o",
+}
+
+
+def _batch_axes(sharding, n: int, mesh) -> str | tuple[str, ...] | None:
+    """The mesh axes that shard an operand's batch axis (None: replicated, or they do not
+    divide it)."""
+    spec = getattr(sharding, "spec", None)
+    axes = spec[0] if spec else None
+    if axes is None:
+        return None
+    names = (axes,) if isinstance(axes, str) else tuple(axes)
+    size = 1
+    for name in names:
+        size *= mesh.shape[name]
+    return axes if n % size == 0 else None
+
+
+@functools.cache
+def _partitioned(pass_: str, kernel: tuple[int, int] | None):
+    def shape_of(a, b):
+        if pass_ == "forward":
+            return (*a.shape[:3], b.shape[3])
+        if pass_ == "backward_data":
+            return (*a.shape[:3], b.shape[2])
+        return (*kernel, a.shape[3], b.shape[3])
+
+    @custom_partitioning
+    def op(a, b):
+        return _ffi(pass_, a, b, shape_of(a, b))
+
+    def partition(mesh, arg_shapes, result_shape):
+        axes = _batch_axes(arg_shapes[0].sharding, arg_shapes[0].shape[0], mesh)
+        batch = NamedSharding(mesh, P(axes))
+        if pass_ == "backward_weights":
+            args = (batch, batch)
+            out = NamedSharding(mesh, P())
+
+            def lower(a, b):
+                dw = _ffi(pass_, a, b, shape_of(a, b))
+                return dw if axes is None else jax.lax.psum(dw, axes)
+        else:
+            args = (batch, NamedSharding(mesh, P()))
+            out = batch
+
+            def lower(a, b):
+                return _ffi(pass_, a, b, shape_of(a, b))
+
+        return mesh, lower, out, args
+
+    def infer(mesh, arg_shapes, result_shape):
+        if pass_ == "backward_weights":
+            return NamedSharding(mesh, P())
+        return NamedSharding(
+            mesh, P(_batch_axes(arg_shapes[0].sharding, arg_shapes[0].shape[0], mesh))
+        )
+
+    # every factor but n, in the order of first appearance (Shardy wants them sorted)
+    factors = _RULES[pass_].replace(",", " ").replace("->", " ").split()
+    others = tuple(f for f in dict.fromkeys(factors) if f != "n")
+    op.def_partition(
+        partition,
+        infer_sharding_from_operands=infer,
+        sharding_rule=_RULES[pass_],
+        reduction_factors=("n",) if pass_ == "backward_weights" else (),
+        need_replication_factors=others,
+    )
+    return op
+
+
+def _call(pass_: str, a: Array, b: Array, kernel: tuple[int, int] | None = None) -> Array:
+    return _partitioned(pass_, kernel)(a, b)
 
 
 def _check(x: Array, w: Array) -> None:
@@ -115,17 +201,13 @@ def _batching_rule(op, fold: bool):
 @custom_vmap
 def forward(x: Float[Array, " N H W I"], w: Float[Array, " kh kw I O"]) -> Array:
     """y = conv(x, w) (NHWC): oneDNN's forward convolution."""
-    return _call("forward", x, w, (*x.shape[:3], w.shape[3]))
+    return _call("forward", x, w)
 
 
 @custom_vmap
 def backward_data(dy: Float[Array, " N H W O"], w: Float[Array, " kh kw I O"]) -> Array:
     """dx of y = conv(x, w) given dy: oneDNN's backward-data convolution."""
-    return _call("backward_data", dy, w, (*dy.shape[:3], w.shape[2]))
-
-
-def _backward_weights_shape(x: Array, dy: Array, kernel: tuple[int, int]) -> tuple[int, ...]:
-    return (*kernel, x.shape[3], dy.shape[3])
+    return _call("backward_data", dy, w)
 
 
 def backward_weights(
@@ -140,7 +222,7 @@ def backward_weights(
 def _backward_weights(kernel: tuple[int, int]):
     @custom_vmap
     def op(x, dy):
-        return _call("backward_weights", x, dy, _backward_weights_shape(x, dy, kernel))
+        return _call("backward_weights", x, dy, kernel)
 
     # per-example weight gradients: never folded (that would sum them)
     op.def_vmap(_batching_rule(op, fold=False))
