@@ -453,3 +453,35 @@ def test_spec_rejects_a_typo(tmp_path):
     message = str(err.value)
     assert "'xla', 'onednn' or 'auto'" in message, message
     assert f"{path}:{len(text.splitlines()) + 2}" in message, message  # located at its line
+
+
+def _audit_environment_warnings(now: dict, conv_backend) -> list[str]:
+    """The warnings drlx audit's environment check gives, in an environment `now`, for a
+    record made in the same environment but with `conv_backend`."""
+    from drlx.audit import Auditor, Node
+
+    auditor = object.__new__(Auditor)  # only its environment check, no pipeline needed
+    auditor.root, auditor._env_now = REPO, now
+    environment = {k: v for k, v in now.items() if k != "conv_backend"}
+    if conv_backend is not None:
+        environment["conv_backend"] = conv_backend
+    warnings: list[str] = []
+    auditor._environment(Node("train"), {"stage": "train", "environment": environment}, set(),
+                         warnings)  # fmt: skip
+    return warnings
+
+
+def test_ledger_records_the_backend_and_audit_warns_when_it_differs():
+    from drlx.ledger import environment
+
+    assert conv.resolve_backend("auto") == "onednn"
+    now = environment(REPO)
+    recorded = now["conv_backend"]
+    assert recorded["resolved"] == "onednn" and recorded["requested"] in conv.BACKEND_CHOICES
+    assert _audit_environment_warnings(now, recorded) == []
+    # a run whose convolutions ran on XLA under auto would run on oneDNN here: a warning only
+    other = {"requested": "auto", "resolved": "xla"}
+    (warning,) = _audit_environment_warnings(now, other)
+    assert "convolutions ran on xla" in warning and "run on onednn" in warning
+    # records from before runtime.conv_backend have no such field: nothing to say
+    assert _audit_environment_warnings(now, None) == []
