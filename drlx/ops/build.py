@@ -1,12 +1,15 @@
-"""Build drlx/ops/_onednn_conv.so, oneDNN's convolutions as XLA FFI handlers.
+"""Build drlx/ops/_lib/_onednn_conv.so, oneDNN's convolutions as XLA FFI handlers.
 
 Usage: python -m drlx.ops.build [--force]   (the Makefile's environment step runs it)
 
 Compiles onednn_conv.cc with g++ against JAX's FFI headers (jax.ffi.include_dir()) and the
 oneDNN package of this environment (onednn-devel-cpu-gomp: sys.prefix/include, onednn-cpu-gomp:
 sys.prefix/lib/libdnnl.so.3), only when the source is newer than the library. A failure never
-fails the set-up: it prints one line and leaves its reason in `_onednn_conv.build-error`, which
-drlx.ops.conv.load() reports (the convolutions then run on XLA's own kernels).
+fails the set-up: it prints one line and leaves its reason in `_lib/_onednn_conv.build-error`,
+which drlx.ops.conv.load() reports (the convolutions then run on XLA's own kernels).
+
+The library lives in `_lib/`, a folder that is not a Python package: a *.so file in drlx/ops
+itself would be listed (pkgutil) and imported as an extension module.
 """
 
 import argparse
@@ -18,8 +21,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "onednn_conv.cc"
-LIBRARY = HERE / "_onednn_conv.so"
-ERROR_FILE = HERE / "_onednn_conv.build-error"
+LIBRARY = HERE / "_lib" / "_onednn_conv.so"
+ERROR_FILE = HERE / "_lib" / "_onednn_conv.build-error"
 
 
 def command(output: Path) -> list[str]:
@@ -48,6 +51,7 @@ def up_to_date() -> bool:
 
 
 def _fail(reason: str) -> int:
+    ERROR_FILE.parent.mkdir(exist_ok=True)
     ERROR_FILE.write_text(reason + "\n")
     print(f"drlx.ops.build: oneDNN convolutions not built ({reason}); XLA's are used", flush=True)
     return 0
@@ -67,6 +71,7 @@ def build(force: bool = False) -> int:
         cxx = os.environ.get("CXX", "g++")
         if shutil.which(cxx) is None:
             return _fail(f"no C++ compiler ({cxx}) on PATH")
+        LIBRARY.parent.mkdir(exist_ok=True)
         tmp = LIBRARY.with_suffix(".so.tmp")
         done = subprocess.run(command(tmp), capture_output=True, text=True)
         if done.returncode != 0:
