@@ -14,6 +14,7 @@
 // layout is not plain hwio. Every oneDNN error is returned to XLA as an ffi::Error.
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -84,7 +85,20 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// Kernels in the layout oneDNN prefers (reordered from hwio at every call), unless
+// DRLX_ONEDNN_PLAIN_WEIGHTS=1 asks for plain hwio (for measurements: see bench_network.py).
+bool PlainWeights() {
+  static const bool plain = [] {
+    const char* v = std::getenv("DRLX_ONEDNN_PLAIN_WEIGHTS");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return plain;
+}
+
 std::mutex cache_mutex;
+// One convolution at a time: each one already uses every core (OpenMP); XLA may start two
+// independent ones on two of its threads, whose OpenMP teams would then fight for the cores.
+std::mutex execute_mutex;
 std::unordered_map<Key, std::shared_ptr<const Entry>, KeyHash> cache;
 
 dnnl::memory::desc Act(const Shape& s, int64_t c) {
@@ -98,7 +112,8 @@ std::shared_ptr<const Entry> Create(const Key& key) {
   dnnl::memory::dims pad = {(s.kh - 1) / 2, (s.kw - 1) / 2};
   dnnl::memory::desc x = Act(s, s.i), y = Act(s, s.o);
   dnnl::memory::desc w_plain({s.o, s.i, s.kh, s.kw}, dt::f32, tag::hwio);
-  dnnl::memory::desc w_any({s.o, s.i, s.kh, s.kw}, dt::f32, tag::any);
+  dnnl::memory::desc w_any({s.o, s.i, s.kh, s.kw}, dt::f32,
+                           PlainWeights() ? tag::hwio : tag::any);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
 
@@ -170,6 +185,7 @@ ffi::Error Run(int pass, const Shape& s, void* act_in, void* w_or_act, void* out
   try {
     auto e = Lookup(Key{pass, s});
     auto& eng = Engine();
+    std::lock_guard<std::mutex> lock(execute_mutex);
     thread_local dnnl::stream stream(eng);
     thread_local std::vector<float> scratch_buf, weight_buf;
     dnnl::memory scratch(e->scratch, eng, Scratch(scratch_buf, e->scratch.get_size()));
