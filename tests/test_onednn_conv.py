@@ -7,6 +7,7 @@ The library is built by the README's set-up (`make` runs `python -m drlx.ops.bui
 missing these tests fail with the build's reason, they are not skipped.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -485,3 +486,19 @@ def test_ledger_records_the_backend_and_audit_warns_when_it_differs():
     assert "convolutions ran on xla" in warning and "run on onednn" in warning
     # records from before runtime.conv_backend have no such field: nothing to say
     assert _audit_environment_warnings(now, None) == []
+
+
+def test_kernels_updated_in_place_are_not_served_stale():
+    """oneDNN's reordered kernels are cached by buffer address and content: a training loop
+    whose new weights reuse the old ones' buffers (donated) must still convolve with the new."""
+    x, w, _ = _net_data(n=2)
+
+    @functools.partial(jax.jit, donate_argnums=1)
+    def step(x, w):
+        y = conv.conv2d_onednn(x, w)
+        return y, w * 0.5 + 0.01 * jnp.sum(y) / y.size
+
+    for _ in range(4):
+        want = layers._conv(x, w)
+        got, w = step(x, w)
+        _close(got, want)

@@ -11,10 +11,12 @@
 // Langevin chain (a lax.scan of the same shapes) pays oneDNN's primitive creation once.
 // Activations stay in XLA's buffers (plain nhwc descriptors, no copy); kernels are given to
 // oneDNN in the layout its implementation prefers ("any"), through a reorder when that
-// layout is not plain hwio. Every oneDNN error is returned to XLA as an ffi::Error.
+// layout is not plain hwio; reordered kernels are cached (see ReorderedWeights). Every oneDNN
+// error is returned to XLA as an ffi::Error.
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -169,6 +171,49 @@ std::shared_ptr<const Entry> Lookup(const Key& key) {
   return e;
 }
 
+// Reordered kernels, kept with a copy of the plain kernel they came from. A Langevin chain runs
+// every convolution many times with the same kernel in the same XLA buffer: comparing the
+// kernel's bytes (memcmp, a few microseconds) replaces oneDNN's reorder at every call after the
+// first. A kernel that changed in place is detected by the comparison and reordered again.
+// Guarded by execute_mutex.
+struct WeightKey {
+  Key key;
+  const void* data;
+  bool operator==(const WeightKey& k) const { return key == k.key && data == k.data; }
+};
+
+struct WeightKeyHash {
+  size_t operator()(const WeightKey& k) const {
+    return KeyHash()(k.key) ^ std::hash<const void*>()(k.data);
+  }
+};
+
+struct Reordered {
+  std::vector<char> plain;
+  std::vector<float> blocked;
+};
+
+constexpr size_t kMaxReordered = 1024;  // kernels kept (a network has tens of convolutions)
+std::unordered_map<WeightKey, Reordered, WeightKeyHash> reordered_cache;
+
+// The kernel at `plain` in the primitive's layout, from the cache or reordered now.
+float* ReorderedWeights(const Key& key, const Entry& e, const void* plain, dnnl::stream& stream) {
+  size_t bytes = e.w_plain.get_size();
+  if (reordered_cache.size() >= kMaxReordered) reordered_cache.clear();
+  Reordered& r = reordered_cache[WeightKey{key, plain}];
+  if (r.plain.size() == bytes && std::memcmp(r.plain.data(), plain, bytes) == 0) {
+    return r.blocked.data();
+  }
+  r.plain.assign(static_cast<const char*>(plain), static_cast<const char*>(plain) + bytes);
+  r.blocked.resize(e.w_prim.get_size() / sizeof(float) + 1);
+  auto& eng = Engine();
+  dnnl::memory src(e.w_plain, eng, const_cast<void*>(plain));
+  dnnl::memory dst(e.w_prim, eng, r.blocked.data());
+  e.reorder.execute(stream, src, dst);
+  stream.wait();
+  return r.blocked.data();
+}
+
 // Per-thread scratch space (the primitives' scratchpads and reordered kernels), grown on
 // demand: XLA may run independent convolutions on different threads at once.
 float* Scratch(std::vector<float>& buf, size_t bytes) {
@@ -203,12 +248,10 @@ ffi::Error Run(int pass, const Shape& s, void* act_in, void* w_or_act, void* out
                                {DNNL_ARG_SCRATCHPAD, scratch}});
       if (e->w_reorder) e->reorder.execute(stream, dw, dw_plain);
     } else {
-      dnnl::memory w_plain(e->w_plain, eng, w_or_act);
-      dnnl::memory w = w_plain;
-      if (e->w_reorder) {
-        w = dnnl::memory(e->w_prim, eng, Scratch(weight_buf, e->w_prim.get_size()));
-        e->reorder.execute(stream, w_plain, w);
-      }
+      dnnl::memory w =
+          e->w_reorder
+              ? dnnl::memory(e->w_prim, eng, ReorderedWeights(Key{pass, s}, *e, w_or_act, stream))
+              : dnnl::memory(e->w_plain, eng, w_or_act);
       dnnl::memory b(e->act_out, eng, out);
       if (pass == kForward) {
         e->conv.execute(stream, {{DNNL_ARG_SRC, a},
