@@ -7,11 +7,13 @@ STAMP := $(VENV)/.installed
 .PHONY: run paper tasks test lint bench env lock clean-env report
 
 # Create .venv from the lock (exact versions of every package), then install drlx itself.
-$(STAMP): requirements.lock pyproject.toml
+# Then the oneDNN convolutions (drlx/ops): never fails the set-up, says so if not built.
+$(STAMP): requirements.lock pyproject.toml drlx/ops/onednn_conv.cc
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m drlx.ops.build
 	@touch $(STAMP)
 
 env: $(STAMP)

@@ -35,8 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from drlx._xla import CPU_FLAGS
-from drlx.models.layers import conv2d
+from drlx.models.layers import conv2d, with_conv_backend
 from drlx.models.resnet import ResNetEnergy
+from drlx.ops import conv as onednn_conv
+
+BACKENDS = ("xla", "onednn")  # runtime.conv_backend: both timed in one run, interleaved
 
 CHAIN_STEPS = 10
 FLOP_CONVENTION = (
@@ -131,21 +134,27 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / t["min_s"] / 1e9
 
 
-def conv_kernel(n: int, h: int, w: int, c: int, reps: int) -> dict:
+def conv_kernel(n: int, h: int, w: int, c: int, reps: int, backend: str = "xla") -> dict:
     """The speed of the network's most common convolution alone (3x3, c -> c channels at the
     input resolution, forward and input gradient), to tell kernel speed from overheads."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 3, c, c)) / (3 * c**0.5), jnp.float32)
     flops = 2 * n * h * w * 9 * c * c
-    fwd = timed(jax.jit(conv2d), x, k, reps=reps)
+    run = lambda x_, k_: conv2d(x_, k_, backend=backend)  # noqa: E731
+    fwd = timed(jax.jit(run), x, k, reps=reps)
     # grad of ||conv(x)||^2 / 2: the forward and the input-gradient convolution, little else
-    loss = lambda x_, k_: 0.5 * jnp.sum(conv2d(x_, k_) ** 2)  # noqa: E731
+    loss = lambda x_, k_: 0.5 * jnp.sum(run(x_, k_) ** 2)  # noqa: E731
     grad = timed(jax.jit(jax.grad(loss)), x, k, reps=reps)
+    # the weight gradient alone (the training step's third pass)
+    ct = jnp.ones((n, h, w, c), jnp.float32)
+    weight_grad = jax.jit(lambda x_, k_, ct_: jax.vjp(lambda w_: run(x_, w_), k_)[1](ct_))
+    dw = timed(weight_grad, x, k, ct, reps=reps)
     return {
         "shape": [n, h, w, c, c],
         "forward_gflops": flops / fwd["min_s"] / 1e9,
         "forward_plus_input_grad_gflops": 2 * flops / grad["min_s"] / 1e9,
+        "weight_grad_gflops": flops / dw["min_s"] / 1e9,
     }
 
 
@@ -193,6 +202,8 @@ def export_for_torch(path: Path, net: ResNetEnergy, y, y_neg, t) -> None:
 
 
 def bench_config(name: str, cfg: dict, reps: int, export: Path | None = None) -> dict:
+    """{backend: measurements} for every backend of BACKENDS, timed one after the other on the
+    same network and batch."""
     h, w, c = cfg["shape"]
     n = cfg["batch"]
     net = ResNetEnergy(c, cfg["width"], cfg["blocks"], cfg["mults"], 128, True, jax.random.key(0))
@@ -207,15 +218,22 @@ def bench_config(name: str, cfg: dict, reps: int, export: Path | None = None) ->
     y_neg = jnp.asarray(y + 0.1 * rng.standard_normal(y.shape), jnp.float32)
     t = jnp.asarray(rng.integers(0, 6, n), jnp.int32)
     macs = forward_macs(net, cfg["shape"])
-    fwd_flops = 2 * macs["total"]
     if export is not None:
         export_for_torch(export / f"{name}.npz", net, y, y_neg, t)
+    return {b: bench_backend(name, cfg, reps, with_conv_backend(net, b), y, y_neg, t, macs, b)
+            for b in BACKENDS}  # fmt: skip
 
+
+def bench_backend(name, cfg, reps, net, y, y_neg, t, macs, backend) -> dict:
+    """One backend's measurements of one configuration."""
+    h, w, _ = cfg["shape"]
+    n = cfg["batch"]
+    fwd_flops = 2 * macs["total"]
     sample = timed(chain, net, y, t, jnp.float32(1e-4), jax.random.key(2), reps=reps)
     steps_per_s = n * CHAIN_STEPS / sample["min_s"]
     train = timed(train_grads, net, y, y_neg, t, reps=reps)
     examples_per_s = n / train["min_s"]
-    conv = conv_kernel(n, h, w, cfg["width"] * cfg["mults"][0], reps)
+    conv = conv_kernel(n, h, w, cfg["width"] * cfg["mults"][0], reps, backend)
     result = {
         "shape": list(cfg["shape"]),
         "width": cfg["width"],
@@ -240,36 +258,46 @@ def bench_config(name: str, cfg: dict, reps: int, export: Path | None = None) ->
         "dominant_conv": conv,
     }
     print(
-        f"{name:11s} fwd {macs['total'] / 1e6:8.1f} M MAC/img | sample {steps_per_s:8.1f} steps/s "
+        f"{name:11s} {backend:6s} fwd {macs['total'] / 1e6:8.1f} M MAC/img | "
+        f"sample {steps_per_s:8.1f} steps/s "
         f"({result['sample']['gflops']:5.1f} GFLOP/s, target {cfg['target_sample_steps']}) | "
         f"train {examples_per_s:7.1f} ex/s ({result['train']['gflops']:5.1f} GFLOP/s) | "
-        f"conv alone {conv['forward_plus_input_grad_gflops']:5.1f} GFLOP/s",
+        f"conv alone {conv['forward_plus_input_grad_gflops']:5.1f} GFLOP/s (dw "
+        f"{conv['weight_grad_gflops']:5.1f})",
         flush=True,
     )
     return result
 
 
 def run_all(names: list[str], reps: dict[str, int], export: Path | None = None) -> dict:
-    """Every configuration in this process, between two matmul baselines."""
+    """Every configuration and backend in this process, between two matmul baselines:
+    {backend: run} with each run as one backend's record."""
     load_before = os.getloadavg()
     baseline_before = matmul_gflops()
     print(f"matmul 2048^3 float32: {baseline_before:.1f} GFLOP/s", flush=True)
-    results = {name: bench_config(name, CONFIGS[name], reps[name], export) for name in names}
+    if "onednn" in BACKENDS and not onednn_conv.load():
+        raise SystemExit(f"oneDNN convolutions unavailable: {onednn_conv.load_error()}")
+    measured = {name: bench_config(name, CONFIGS[name], reps[name], export) for name in names}
     baseline_after = matmul_gflops()
     print(f"matmul 2048^3 float32: {baseline_after:.1f} GFLOP/s", flush=True)
-    for r in results.values():
-        sample = r["sample"]
-        sample["fraction_of_matmul"] = sample["gflops"] / max(baseline_before, baseline_after)
-        if sample["target_sample_steps_per_s"]:
-            sample["fraction_of_target"] = (
-                sample["sample_steps_per_s"] / sample["target_sample_steps_per_s"]
-            )
-    return {
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "matmul_baseline_gflops": {"before": baseline_before, "after": baseline_after},
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "configs": results,
-    }
+    runs = {}
+    for backend in BACKENDS:
+        results = {name: measured[name][backend] for name in names}
+        for r in results.values():
+            sample = r["sample"]
+            sample["fraction_of_matmul"] = sample["gflops"] / max(baseline_before, baseline_after)
+            if sample["target_sample_steps_per_s"]:
+                sample["fraction_of_target"] = (
+                    sample["sample_steps_per_s"] / sample["target_sample_steps_per_s"]
+                )
+        runs[backend] = {
+            "conv_backend": backend,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "matmul_baseline_gflops": {"before": baseline_before, "after": baseline_after},
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "configs": results,
+        }
+    return runs
 
 
 def in_subprocess(flags: str, names: list[str], quick: bool, export: Path | None = None) -> dict:
@@ -297,24 +325,32 @@ def torch_baseline(python: Path, export: Path, reps: dict[str, int]) -> dict:
     return json.loads(out.read_text())
 
 
-def compare(jax_run: dict, torch_run: dict) -> dict:
-    """drlx / PyTorch throughput ratios per configuration (same machine, same script)."""
-    ratios = {}
+def compare(jax_runs: dict, torch_run: dict) -> dict:
+    """Throughput of each backend and of PyTorch, and backend / PyTorch ratios, per
+    configuration (same machine, same script)."""
+    table = {}
     for name, t in torch_run["configs"].items():
-        j = jax_run["configs"][name]
-        ratios[name] = {
-            "sample_steps_per_s": {"drlx": j["sample"]["sample_steps_per_s"],
-                                   "torch": t["sample"]["sample_steps_per_s"]},
-            "sample_ratio": j["sample"]["sample_steps_per_s"] / t["sample"]["sample_steps_per_s"],
-            "train_ratio": j["train"]["examples_per_s"] / t["train"]["examples_per_s"],
-            "g_max_rel_diff": t["g_max_rel_diff_vs_jax"],
-        }  # fmt: skip
-        print(
-            f"{name:11s} drlx / torch: sample {ratios[name]['sample_ratio']:.2f}x, "
-            f"train {ratios[name]['train_ratio']:.2f}x",
-            flush=True,
+        row = {"sample_steps_per_s": {"torch": t["sample"]["sample_steps_per_s"]},
+               "train_examples_per_s": {"torch": t["train"]["examples_per_s"]},
+               "sample_ratio": {}, "train_ratio": {},
+               "g_max_rel_diff": t["g_max_rel_diff_vs_jax"]}  # fmt: skip
+        for backend, run in jax_runs.items():
+            j = run["configs"][name]
+            row["sample_steps_per_s"][backend] = j["sample"]["sample_steps_per_s"]
+            row["train_examples_per_s"][backend] = j["train"]["examples_per_s"]
+            row["sample_ratio"][backend] = (
+                j["sample"]["sample_steps_per_s"] / t["sample"]["sample_steps_per_s"]
+            )
+            row["train_ratio"][backend] = (
+                j["train"]["examples_per_s"] / t["train"]["examples_per_s"]
+            )
+        table[name] = row
+        ratios = ", ".join(
+            f"{b} sample {row['sample_ratio'][b]:.2f}x train {row['train_ratio'][b]:.2f}x"
+            for b in jax_runs
         )
-    return ratios
+        print(f"{name:11s} / torch: {ratios}", flush=True)
+    return table
 
 
 def main() -> None:
@@ -346,12 +382,12 @@ def main() -> None:
     flags = f"{user_flags} {RECOMMENDED_FLAGS}".strip()
     with tempfile.TemporaryDirectory() as export:
         export = Path(export) if args.torch_python.exists() else None
-        runs = {"recommended": in_subprocess(flags, names, args.quick, export)}
+        runs = in_subprocess(flags, names, args.quick, export)  # {"xla": ..., "onednn": ...}
         if export is None:
             print(f"no PyTorch baseline: {args.torch_python} not found (see `make bench`)")
         else:
             runs["torch"] = torch_baseline(args.torch_python, export, reps)
-            runs["drlx_over_torch"] = compare(runs["recommended"], runs["torch"])
+            runs["drlx_over_torch"] = compare({b: runs[b] for b in BACKENDS}, runs["torch"])
     if not args.quick:  # the same without the recommended flag, to show what it buys
         runs["without_recommended_flags"] = in_subprocess(user_flags, names, quick=True)
     record = {

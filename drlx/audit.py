@@ -459,6 +459,26 @@ class Auditor:
         differ = [k for k, v in pk.items() if now["packages"].get(k) != v]
         if differ:
             warnings.append(f"{record['stage']}: package versions differ from the run's: {differ}")
+        conv = env.get("conv_backend")  # absent in records older than runtime.conv_backend
+        if isinstance(conv, dict) and conv.get("requested") and conv.get("resolved"):
+            here = _resolved_here(conv["requested"])
+            if here != conv["resolved"]:
+                warnings.append(
+                    f"{record['stage']}: convolutions ran on {conv['resolved']} "
+                    f"(conv_backend={conv['requested']}), here they would run on {here}: "
+                    "results may differ at float32 rounding"
+                )
+
+
+def _resolved_here(requested: str) -> str:
+    """The backend conv_backend=`requested` resolves to in this process ('none (why)'
+    when it cannot)."""
+    from drlx.ops.conv import resolve_backend
+
+    try:
+        return resolve_backend(requested)
+    except (RuntimeError, ValueError) as err:
+        return f"none ({err})"
 
 
 def render(result: Result):

@@ -27,10 +27,11 @@ from drlx.diffusion import (
 from drlx.experiment import Experiment
 from drlx.models.base import AbstractEnergyNetwork, AbstractInitializer
 from drlx.models.initializer import MLPInitializer
-from drlx.models.layers import with_random_tables
+from drlx.models.layers import with_conv_backend, with_random_tables
 from drlx.models.mlp import MLPEnergy
 from drlx.models.resnet import ResNetEnergy
 from drlx.models.unet import UNetInitializer
+from drlx.ops.conv import resolve_backend
 from drlx.samplers.base import AbstractSampler
 from drlx.samplers.mala import MALA
 from drlx.samplers.ula import ULA
@@ -179,6 +180,18 @@ def _with_condition_init(factory: Callable, conditioning: Conditioning | None) -
 
     def make(key):
         return with_random_tables(factory(key=key), std, jax.random.fold_in(key, 0xC0D))
+
+    return make
+
+
+def _with_conv_backend(factory: Callable | None, requested: str) -> Callable | None:
+    """The factory, its network's convolutions set to the backend `requested` resolves to
+    (resolved at the first call, once JAX's backend is up: drlx.ops.conv.resolve_backend)."""
+    if factory is None:
+        return None
+
+    def make(key):
+        return with_conv_backend(factory(key=key), resolve_backend(requested))
 
     return make
 
@@ -432,7 +445,9 @@ def build(spec: ExperimentSpec) -> Experiment:
         draw_size=spec.evaluate.draw_size,
     )
     r = spec.runtime
-    runtime = RuntimeSettings(r.devices, r.progress, r.sample_batch_size, r.checkpoint_every)
+    runtime = RuntimeSettings(
+        r.devices, r.progress, r.sample_batch_size, r.checkpoint_every, r.conv_backend
+    )
     return Experiment(
         name=spec.name,
         scientific_hash=spec.scientific_hash(),
@@ -444,15 +459,19 @@ def build(spec: ExperimentSpec) -> Experiment:
         step_sq=step_sq,
         g_scale=g_scale,
         weights=loss_weights(spec.objective.weighting, schedule, g_scale),
-        make_network=_with_condition_init(
-            network_factory(spec.model, data.shape, schedule, cards), conditioning
+        make_network=_with_conv_backend(
+            _with_condition_init(
+                network_factory(spec.model, data.shape, schedule, cards), conditioning
+            ),
+            r.conv_backend,
         ),
-        make_initializer=(
+        make_initializer=_with_conv_backend(
             None
             if init is None
             else _with_condition_init(
                 initializer_factory(init, data.shape, schedule, cards), conditioning
-            )
+            ),
+            r.conv_backend,
         ),
         initializer_optimizer=None if init is None else initializer_optimizer(init),
         proposal_std=None if init is None else posterior_std(schedule),

@@ -222,7 +222,19 @@ def environment(root: str | Path) -> dict:
         "packages": packages,
         "devices": devices,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        **_conv_backend(),
     }
+
+
+def _conv_backend() -> dict:
+    """{"conv_backend": {"requested": ..., "resolved": ...}} if this process made a network (the
+    backend its convolutions ran on, drlx.ops.conv.resolve_backend), else nothing."""
+    conv = sys.modules.get("drlx.ops.conv")
+    used = conv.backends_used() if conv is not None else {}
+    if not used:
+        return {}
+    requested, resolved = next(reversed(used.items()))  # the last one asked for
+    return {"conv_backend": {"requested": requested, "resolved": resolved}}
 
 
 # ----------------------------------------------------------------------------- a stage's record

@@ -17,12 +17,15 @@ class RuntimeSettings:
         progress: show progress bars.
         sample_batch_size: chains run at once when sampling (and the budget of AIS chunks).
         checkpoint_every: training steps between checkpoints (0: only at the end).
+        conv_backend: the requested convolution backend, "xla", "onednn" or "auto"; resolved
+            (drlx.ops.conv.resolve_backend) when a network is made.
     """
 
     devices: str | int
     progress: bool
     sample_batch_size: int
     checkpoint_every: int
+    conv_backend: str = "auto"
 
 
 @dataclass(frozen=True)

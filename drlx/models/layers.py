@@ -1,6 +1,7 @@
 """Small building blocks shared by the energy networks: activations, the level embedding,
 channels-last convolution and pooling, and spectrally normalized dense and conv layers."""
 
+import copy
 import functools
 import math
 from typing import TypeVar
@@ -157,11 +158,15 @@ _conv_flipped.defvjp(
 )
 
 
+CONV_BACKENDS = ("xla", "onednn")
+
+
 def conv2d(
     x: Float[Array, " N H W I"],
     weight: Float[Array, " kh kw I O"],
     bias: Array | None = None,
     flipped: Float[Array, " kh kw O I"] | None = None,
+    backend: str = "xla",
 ) -> Float[Array, " N H W O"]:
     """Stride-1, 'SAME'-padded 2D convolution of a channels-last batch (cross-correlation).
 
@@ -171,14 +176,24 @@ def conv2d(
         x: inputs (N, H, W, I).
         weight: kernel (kh, kw, I, O), odd kh and kw.
         bias: optional (O,) bias.
-        flipped: `flip_kernel(weight)` if already computed (None: computed here).
+        flipped: `flip_kernel(weight)` if already computed (None: computed here). Only XLA's
+            input gradient uses it; oneDNN's backward-data pass takes the kernel itself.
+        backend: "xla" (XLA's convolutions) or "onednn" (drlx.ops.conv, float32 on the CPU;
+            the library must be built and loaded, see drlx.ops.conv.load).
 
     Returns:
         Outputs (N, H, W, O).
     """
     if weight.shape[0] % 2 == 0 or weight.shape[1] % 2 == 0:
         raise ValueError(f"conv2d needs an odd kernel size, got {weight.shape[:2]}")
-    y = _conv(x, weight) if flipped is None else _conv_flipped(x, weight, flipped)
+    if backend == "onednn":
+        from drlx.ops.conv import conv2d_onednn  # noqa: PLC0415 - only when asked for
+
+        y = conv2d_onednn(x, weight)
+    elif backend == "xla":
+        y = _conv(x, weight) if flipped is None else _conv_flipped(x, weight, flipped)
+    else:
+        raise ValueError(f"conv2d backend must be one of {CONV_BACKENDS}, got {backend!r}")
     return y if bias is None else y + bias
 
 
@@ -270,7 +285,9 @@ class Conv2d(eqx.Module):
     (kernel reshaped to (out, kh * kw * in)); an optional per-output-channel scale multiplies
     the (normalized) kernel.
 
-    `u` is the persistent power-iteration vector, as in `Dense`.
+    `u` is the persistent power-iteration vector, as in `Dense`. `backend` says which
+    convolution runs (`conv2d`'s backend): a static field, so changing it (`with_conv_backend`)
+    retraces a jitted function, and checkpoints (the leaves only) do not see it.
     """
 
     weight: Float[Array, " kh kw I O"]
@@ -278,6 +295,7 @@ class Conv2d(eqx.Module):
     u: Float[Array, " O"] | None
     scale: Float[Array, " O"] | None
     flipped: Float[Array, " kh kw O I"] | None  # set by `precompute` only
+    backend: str = eqx.field(static=True, default="xla")
 
     def __init__(
         self,
@@ -295,6 +313,7 @@ class Conv2d(eqx.Module):
             None if init_scale is None else jnp.full((out_channels,), init_scale, jnp.float32)
         )
         self.flipped = None
+        self.backend = "xla"
 
     def normalized_weight(self) -> Float[Array, " kh kw I O"]:
         """scale * W / sigma_hat(W), with the factors that are configured."""
@@ -304,7 +323,7 @@ class Conv2d(eqx.Module):
         return w if self.scale is None else w * self.scale
 
     def __call__(self, x: Float[Array, " N H W I"]) -> Float[Array, " N H W O"]:
-        return conv2d(x, self.normalized_weight(), self.bias, self.flipped)
+        return conv2d(x, self.normalized_weight(), self.bias, self.flipped, self.backend)
 
     def precompute(self) -> "Conv2d":
         """The same layer with its kernel's preprocessing done once: the normalized, scaled
@@ -330,6 +349,23 @@ def _map_layers(tree: T, types: type | tuple[type, ...], method: str) -> T:
     is_layer = lambda x: isinstance(x, types)  # noqa: E731
     update = lambda x: getattr(x, method)() if is_layer(x) else x  # noqa: E731
     return jax.tree.map(update, tree, is_leaf=is_layer)
+
+
+def with_conv_backend(tree: T, backend: str) -> T:
+    """`tree` with every Conv2d inside it set to run on `backend` ("xla" or "onednn"); the
+    same arrays (a static field changes, so the tree's structure does)."""
+    if backend not in CONV_BACKENDS:
+        raise ValueError(f"conv backend must be one of {CONV_BACKENDS}, got {backend!r}")
+
+    def set_backend(layer: Conv2d) -> Conv2d:
+        if layer.backend == backend:
+            return layer
+        new = copy.copy(layer)  # a frozen dataclass: the static field is set on the copy
+        object.__setattr__(new, "backend", backend)
+        return new
+
+    is_conv = lambda x: isinstance(x, Conv2d)  # noqa: E731
+    return jax.tree.map(lambda x: set_backend(x) if is_conv(x) else x, tree, is_leaf=is_conv)
 
 
 def precompute_convs(tree: T) -> T:

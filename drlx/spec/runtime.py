@@ -17,3 +17,11 @@ class Runtime(Block):
     progress: bool = True
     sample_batch_size: Batch = Field(4096, description="chains run at once when sampling")
     checkpoint_every: Interval = Field(1000, description="steps between checkpoints; 0: end only")
+    conv_backend: Literal["xla", "onednn", "auto"] = Field(
+        "auto",
+        description=(
+            "what runs the networks' convolutions on the CPU: XLA's kernels, oneDNN's "
+            "(drlx/ops, built at set-up) or auto (oneDNN when built and JAX runs on the CPU); "
+            "XLA's on accelerators. Results agree to float32 rounding (~1e-6)"
+        ),
+    )
