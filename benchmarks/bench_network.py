@@ -65,18 +65,40 @@ FLAGS_NOTE = (
     "types, xnn graph fusion; onednn fusion types dot,eltwise crashed (object_pool check)."
 )
 LIMITS = (
-    "With both cores the network runs at about the speed of its convolutions alone "
-    "('dominant_conv'): XLA:CPU's Eigen convolution. Against PyTorch's oneDNN convolutions on the "
-    "same machine (runs.torch, runs.drlx_over_torch) that is 0.75-0.9x for sample-steps: the gap "
-    "is the convolution kernels, not the network code (the torch rebuild computes the same g to "
-    "~1e-6, and drlx's Langevin step costs about the sum of its convolutions). No faster "
-    "convolution is reachable from JAX 0.10.2 on this CPU: NCHW, vmapped Equinox Conv2d, im2col, "
-    "shifted matmuls, Winograd F(2x2,3x3) and F(4x4,3x3), and XLA's XNNPACK convolution "
-    "(fusion type individual_convolution) were slower. The training step's weight gradient "
-    "runs at about half the forward's speed for 32-64 channels; in DRL training it is one of "
-    "~60 network passes per step (the chains dominate). The machine is shared: the load "
-    "average and the matmul baselines before and after each run show how much other "
-    "processes took."
+    "XLA's own convolutions (conv_backend xla) are XLA:CPU's Eigen kernels; against PyTorch's "
+    "oneDNN convolutions on the same machine that was 0.75-0.9x for sample-steps (earlier "
+    "runs; NCHW, vmapped Equinox Conv2d, im2col, shifted matmuls, Winograd F(2x2,3x3) and "
+    "F(4x4,3x3) and XLA's XNNPACK convolution were all slower). conv_backend onednn calls "
+    "oneDNN itself from XLA (ONEDNN_NOTE). The machine is shared: the load average and the "
+    "matmul baselines before and after each run show how much other processes took; the two "
+    "backends are timed in turn at every repetition, PyTorch afterwards in its own process."
+)
+ONEDNN_NOTE = (
+    "conv_backend onednn: drlx/ops/onednn_conv.cc, oneDNN 2023.2 (onednn-cpu-gomp, GNU OpenMP) "
+    "called through JAX's typed FFI: forward, backward-data and backward-weights primitives "
+    "(brgconv / jit:avx512_core on this CPU), NHWC activations used in place, one primitive per "
+    "(pass, shape) created once and cached, kernels reordered to oneDNN's preferred blocked "
+    "layout and the reordered copy cached by buffer and content (a chain reorders each fixed "
+    "kernel once), one convolution at a time (each uses both cores through OpenMP). Plain hwio "
+    "kernels (DRLX_ONEDNN_PLAIN_WEIGHTS=1) were slower: digits chain 6,900 vs 9,450 "
+    "sample-steps/s, CIFAR width 32 193 vs 256 (one loaded run). OMP_WAIT_POLICY=passive and "
+    "GOMP_SPINCOUNT=20000 made no difference that the shared machine's noise let us see."
+)
+WEIGHT_GRAD_NOTE = (
+    "Why XLA's weight gradients run at about half the forward's speed for 32-64 channels: "
+    "XLA:CPU computes dw as another convolution. It transposes x to (C, H, W, N) and dy to "
+    "(H, W, N, O) (two copies of the activations), then convolves with C_in as the batch, N as "
+    "the features and dy's whole H x W image as the window, for a 3x3 output "
+    "(dim_labels=b01f_01io->b01f, window 32x32 pad 1_1 for a 32x32 image). In Eigen's spatial "
+    "convolution that is a contraction with M = 9 C_in rows and C_out columns over K = H W N "
+    "(65,536 for 64 images of 32x32): a tiny output with a huge reduction, which Eigen's thread "
+    "pool parallelises over output blocks (hardly any here) and whose patch packing walks the "
+    "whole image per output. Measured for 64 x 32x32, 32 -> 32 channels (loaded machine): "
+    "forward 19 ms, weight gradient 33 ms = 24.5 ms convolution + 7.5 ms transposes; pinned to "
+    "one core (taskset -c 0) the weight-gradient convolution was not slower, i.e. it does not "
+    "use the second core. With 128+ channels the output has more blocks and the gap closes. "
+    "oneDNN's backward-weights primitive reduces over the batch inside its kernel and runs at "
+    "about its forward's speed (dominant_conv.weight_grad_gflops)."
 )
 
 CONFIGS = {
@@ -436,6 +458,8 @@ def main() -> None:
             "comparison that holds on any machine"
         ),
         "limits_note": LIMITS,
+        "onednn_note": ONEDNN_NOTE,
+        "weight_gradient_note": WEIGHT_GRAD_NOTE,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
