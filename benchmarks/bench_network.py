@@ -65,18 +65,40 @@ FLAGS_NOTE = (
     "types, xnn graph fusion; onednn fusion types dot,eltwise crashed (object_pool check)."
 )
 LIMITS = (
-    "With both cores the network runs at about the speed of its convolutions alone "
-    "('dominant_conv'): XLA:CPU's Eigen convolution. Against PyTorch's oneDNN convolutions on the "
-    "same machine (runs.torch, runs.drlx_over_torch) that is 0.75-0.9x for sample-steps: the gap "
-    "is the convolution kernels, not the network code (the torch rebuild computes the same g to "
-    "~1e-6, and drlx's Langevin step costs about the sum of its convolutions). No faster "
-    "convolution is reachable from JAX 0.10.2 on this CPU: NCHW, vmapped Equinox Conv2d, im2col, "
-    "shifted matmuls, Winograd F(2x2,3x3) and F(4x4,3x3), and XLA's XNNPACK convolution "
-    "(fusion type individual_convolution) were slower. The training step's weight gradient "
-    "runs at about half the forward's speed for 32-64 channels; in DRL training it is one of "
-    "~60 network passes per step (the chains dominate). The machine is shared: the load "
-    "average and the matmul baselines before and after each run show how much other "
-    "processes took."
+    "XLA's own convolutions (conv_backend xla) are XLA:CPU's Eigen kernels; against PyTorch's "
+    "oneDNN convolutions on the same machine that was 0.75-0.9x for sample-steps (earlier "
+    "runs; NCHW, vmapped Equinox Conv2d, im2col, shifted matmuls, Winograd F(2x2,3x3) and "
+    "F(4x4,3x3) and XLA's XNNPACK convolution were all slower). conv_backend onednn calls "
+    "oneDNN itself from XLA (ONEDNN_NOTE). The machine is shared: the load average and the "
+    "matmul baselines before and after each run show how much other processes took; the two "
+    "backends are timed in turn at every repetition, PyTorch afterwards in its own process."
+)
+ONEDNN_NOTE = (
+    "conv_backend onednn: drlx/ops/onednn_conv.cc, oneDNN 2023.2 (onednn-cpu-gomp, GNU OpenMP) "
+    "called through JAX's typed FFI: forward, backward-data and backward-weights primitives "
+    "(brgconv / jit:avx512_core on this CPU), NHWC activations used in place, one primitive per "
+    "(pass, shape) created once and cached, kernels reordered to oneDNN's preferred blocked "
+    "layout and the reordered copy cached by buffer and content (a chain reorders each fixed "
+    "kernel once), one convolution at a time (each uses both cores through OpenMP). Plain hwio "
+    "kernels (DRLX_ONEDNN_PLAIN_WEIGHTS=1) were slower: digits chain 6,900 vs 9,450 "
+    "sample-steps/s, CIFAR width 32 193 vs 256 (one loaded run). OMP_WAIT_POLICY=passive and "
+    "GOMP_SPINCOUNT=20000 made no difference that the shared machine's noise let us see."
+)
+WEIGHT_GRAD_NOTE = (
+    "Why XLA's weight gradients run at about half the forward's speed for 32-64 channels: "
+    "XLA:CPU computes dw as another convolution. It transposes x to (C, H, W, N) and dy to "
+    "(H, W, N, O) (two copies of the activations), then convolves with C_in as the batch, N as "
+    "the features and dy's whole H x W image as the window, for a 3x3 output "
+    "(dim_labels=b01f_01io->b01f, window 32x32 pad 1_1 for a 32x32 image). In Eigen's spatial "
+    "convolution that is a contraction with M = 9 C_in rows and C_out columns over K = H W N "
+    "(65,536 for 64 images of 32x32): a tiny output with a huge reduction, which Eigen's thread "
+    "pool parallelises over output blocks (hardly any here) and whose patch packing walks the "
+    "whole image per output. Measured for 64 x 32x32, 32 -> 32 channels (loaded machine): "
+    "forward 19 ms, weight gradient 33 ms = 24.5 ms convolution + 7.5 ms transposes; pinned to "
+    "one core (taskset -c 0) the weight-gradient convolution was not slower, i.e. it does not "
+    "use the second core. With 128+ channels the output has more blocks and the gap closes. "
+    "oneDNN's backward-weights primitive reduces over the batch inside its kernel and runs at "
+    "about its forward's speed (dominant_conv.weight_grad_gflops)."
 )
 
 CONFIGS = {
@@ -125,6 +147,25 @@ def timed(fn, *args, reps: int) -> dict[str, float]:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return {"compile_s": compile_s, "min_s": min(times), "median_s": statistics.median(times)}
+
+
+def timed_round_robin(fns: dict, *args, reps: int) -> dict[str, dict[str, float]]:
+    """`timed` for several functions of the same arguments, one call of each in turn per
+    repetition: a load that comes and goes on a shared machine hits them alike."""
+    out, times = {}, {}
+    for key, fn in fns.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        out[key] = {"compile_s": time.perf_counter() - t0}
+        times[key] = []
+    for _ in range(reps):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[key].append(time.perf_counter() - t0)
+    for key in fns:
+        out[key] |= {"min_s": min(times[key]), "median_s": statistics.median(times[key])}
+    return out
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -220,18 +261,25 @@ def bench_config(name: str, cfg: dict, reps: int, export: Path | None = None) ->
     macs = forward_macs(net, cfg["shape"])
     if export is not None:
         export_for_torch(export / f"{name}.npz", net, y, y_neg, t)
-    return {b: bench_backend(name, cfg, reps, with_conv_backend(net, b), y, y_neg, t, macs, b)
-            for b in BACKENDS}  # fmt: skip
+    nets = {b: with_conv_backend(net, b) for b in BACKENDS}
+    # the two workloads, each backend in turn at every repetition
+    key = jax.random.key(2)
+    sample = timed_round_robin(
+        {b: (lambda m=m: chain(m, y, t, jnp.float32(1e-4), key)) for b, m in nets.items()},
+        reps=reps,
+    )
+    train = timed_round_robin(
+        {b: (lambda m=m: train_grads(m, y, y_neg, t)) for b, m in nets.items()}, reps=reps
+    )
+    return {b: bench_backend(name, cfg, reps, macs, b, sample[b], train[b]) for b in BACKENDS}
 
 
-def bench_backend(name, cfg, reps, net, y, y_neg, t, macs, backend) -> dict:
-    """One backend's measurements of one configuration."""
+def bench_backend(name, cfg, reps, macs, backend, sample, train) -> dict:
+    """One backend's record of one configuration, given its chain and training step times."""
     h, w, _ = cfg["shape"]
     n = cfg["batch"]
     fwd_flops = 2 * macs["total"]
-    sample = timed(chain, net, y, t, jnp.float32(1e-4), jax.random.key(2), reps=reps)
     steps_per_s = n * CHAIN_STEPS / sample["min_s"]
-    train = timed(train_grads, net, y, y_neg, t, reps=reps)
     examples_per_s = n / train["min_s"]
     conv = conv_kernel(n, h, w, cfg["width"] * cfg["mults"][0], reps, backend)
     result = {
@@ -369,7 +417,7 @@ def main() -> None:
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    reps = {"digits_w32": 5, "cifar_w32": 5, "cifar_full": 2}
+    reps = {"digits_w32": 5, "cifar_w32": 5, "cifar_full": 3}
     if args.quick:
         reps = {"digits_w32": 2, "cifar_w32": 2, "cifar_full": 1}
     names = args.only or list(CONFIGS)
@@ -410,6 +458,8 @@ def main() -> None:
             "comparison that holds on any machine"
         ),
         "limits_note": LIMITS,
+        "onednn_note": ONEDNN_NOTE,
+        "weight_gradient_note": WEIGHT_GRAD_NOTE,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -104,7 +104,8 @@ def conditioned(
 # --- Channels-last convolution -------------------------------------------------------------------
 # One batched `conv_general_dilated` in NHWC/HWIO: the fastest layout on the CPU (the other
 # layouts, Equinox's Conv2d under vmap, im2col and Winograd were measured slower; see
-# benchmarks/results/network.json).
+# benchmarks/results/network.json). With backend "onednn" (runtime.conv_backend) the three
+# passes are oneDNN's instead, called through JAX's FFI (drlx/ops).
 
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
