@@ -104,8 +104,7 @@ def conditioned(
 # --- Channels-last convolution -------------------------------------------------------------------
 # One batched `conv_general_dilated` in NHWC/HWIO: the fastest layout on the CPU (the other
 # layouts, Equinox's Conv2d under vmap, im2col and Winograd were measured slower; see
-# benchmarks/results/network.json). With backend "onednn" (runtime.conv_backend) the three
-# passes are oneDNN's instead, called through JAX's FFI (drlx/ops).
+# benchmarks/results/network.json).
 
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
