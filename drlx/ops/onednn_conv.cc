@@ -87,8 +87,9 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-// Kernels in the layout oneDNN prefers (reordered from hwio at every call), unless
-// DRLX_ONEDNN_PLAIN_WEIGHTS=1 asks for plain hwio (for measurements: see bench_network.py).
+// Kernels in the layout oneDNN prefers (reordered from hwio, the reorder cached: see
+// ReorderedWeights), unless DRLX_ONEDNN_PLAIN_WEIGHTS=1 asks for plain hwio (for measurements:
+// see bench_network.py).
 bool PlainWeights() {
   static const bool plain = [] {
     const char* v = std::getenv("DRLX_ONEDNN_PLAIN_WEIGHTS");
