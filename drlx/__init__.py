@@ -22,9 +22,10 @@ pulls in nothing else: a stage depends only on the modules it imports.
 
 import importlib
 
-from drlx._xla import add_default_flags
+from drlx._xla import add_default_flags, set_malloc_defaults
 
 add_default_flags()
+set_malloc_defaults()
 
 _API = {
     "load_spec": "drlx.spec.load",

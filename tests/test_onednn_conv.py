@@ -202,6 +202,39 @@ def test_passes_match_numpy_and_xla(shape):
     check_passes(shape, *ONEDNN, n=2 if shape[3] * shape[4] <= 256 else 1)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "k{}_{}to{}_{}x{}".format(*s))
+def test_bias_passes(shape):
+    """The forward pass with a bias, and the backward-weights pass's second result,
+    db = sum_{n,h,w} dy, against float64 numpy (dw beside it, so the two are not swapped)."""
+    x, w, dy = _data(shape, n=2)
+    b = np.random.default_rng(7).standard_normal(shape[2]).astype(np.float32)
+    assert rel_error(conv.forward_bias(x, w, b), ref_forward(x, w) + b) < TOL
+    dw, db = conv.backward_weights_and_bias(x, dy, w.shape[:2])
+    assert db.shape == (shape[2],)
+    assert rel_error(db, dy.astype(np.float64).sum(axis=(0, 1, 2))) < TOL
+    assert rel_error(dw, ref_backward_weights(x, dy, shape[0])) < TOL
+
+
+def test_conv_with_bias_differentiates_like_xla():
+    x, w1, w2 = _net_data()
+    rng = np.random.default_rng(5)
+    b1 = jnp.asarray(rng.standard_normal(w1.shape[3]), jnp.float32)
+    b2 = jnp.asarray(rng.standard_normal(w2.shape[3]), jnp.float32)
+
+    def loss(backend):
+        def f(x, w1, b1, w2, b2):
+            h = jax.nn.leaky_relu(layers.conv2d(x, w1, b1, backend=backend), 0.2)
+            return jnp.sum(jnp.sin(layers.conv2d(h, w2, b2, backend=backend)))
+
+        return jax.jit(jax.value_and_grad(f, (0, 1, 2, 3, 4)))
+
+    got, want = loss("onednn")(x, w1, b1, w2, b2), loss("xla")(x, w1, b1, w2, b2)
+    _close(got, want)
+    # the bias gradients come out of the weight-gradient calls: no reduction of dy by XLA
+    hlo = loss("onednn").lower(x, w1, b1, w2, b2).compile().as_text()
+    assert hlo.count("drlx_onednn_conv_backward_weights") == 2
+
+
 # --- mutations: a miswired pass must be caught ----------------------------------------------------
 
 
@@ -212,9 +245,10 @@ def _raw(pass_):
         shape = {
             "forward": lambda: (*a.shape[:3], b.shape[3]),
             "backward_data": lambda: (*a.shape[:3], b.shape[2]),
-            "backward_weights": lambda: (*kernel, a.shape[3], b.shape[3]),
+            "backward_weights": lambda: conv.packed_shape(kernel, a.shape[3], b.shape[3]),
         }[pass_]()
-        return conv._ffi(pass_, jnp.asarray(a), jnp.asarray(b), shape)
+        out = conv._ffi(pass_, jnp.asarray(a), jnp.asarray(b), out_shape=shape, kernel=kernel)
+        return conv.unpack(out, kernel)[0] if pass_ == "backward_weights" else out
 
     return call
 
@@ -340,18 +374,20 @@ SHARDED = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((8, 8, 8, 16)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, 16, 16)) / 12, jnp.float32)
+    b = jnp.asarray(rng.standard_normal(16), jnp.float32)
 
-    def loss(x, w):
-        h = jax.nn.leaky_relu(layers.conv2d(x, w, backend="onednn"), 0.2)
+    def loss(x, w, b):
+        h = jax.nn.leaky_relu(layers.conv2d(x, w, b, backend="onednn"), 0.2)
         return jnp.sum(layers.conv2d(h, w, backend="onednn") ** 2)
 
-    f = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    f = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))
     mesh = jax.make_mesh((4,), ("data",))
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
     ws = jax.device_put(w, NamedSharding(mesh, P()))
-    one = f(x, w)
-    many = f(xs, ws)
-    hlo = f.lower(xs, ws).compile().as_text()
+    bs = jax.device_put(b, NamedSharding(mesh, P()))
+    one = f(x, w, b)
+    many = f(xs, ws, bs)
+    hlo = f.lower(xs, ws, bs).compile().as_text()
     err = lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
     json.dump({
         "errors": [err(a, b) for a, b in zip(jax.tree.leaves(many), jax.tree.leaves(one))],
@@ -392,9 +428,11 @@ def test_bad_operands_are_errors_not_crashes():
         conv.conv2d_onednn(x.astype(jnp.bfloat16), w1.astype(jnp.bfloat16))
     # past the Python checks, the handler's own shape check answers with an XLA error
     with pytest.raises(Exception, match="inconsistent shapes"):
-        conv._ffi("forward", x, jnp.zeros((3, 3, 5, 16)), (4, 8, 8, 16)).block_until_ready()
+        y = conv._ffi("forward", x, jnp.zeros((3, 3, 5, 16)), out_shape=(4, 8, 8, 16))
+        y.block_until_ready()
     with pytest.raises(Exception, match="kernel size must be odd"):
-        conv._ffi("forward", x, jnp.zeros((2, 2, 3, 4)), (4, 8, 8, 4)).block_until_ready()
+        y = conv._ffi("forward", x, jnp.zeros((2, 2, 3, 4)), out_shape=(4, 8, 8, 4))
+        y.block_until_ready()
 
 
 # --- the runtime switch ---------------------------------------------------------------------------

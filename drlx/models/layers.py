@@ -189,8 +189,8 @@ def conv2d(
     if backend == "onednn":
         from drlx.ops.conv import conv2d_onednn  # noqa: PLC0415 - only when asked for
 
-        y = conv2d_onednn(x, weight)
-    elif backend == "xla":
+        return conv2d_onednn(x, weight, bias)  # its backward pass gives the bias gradient
+    if backend == "xla":
         y = _conv(x, weight) if flipped is None else _conv_flipped(x, weight, flipped)
     else:
         raise ValueError(f"conv2d backend must be one of {CONV_BACKENDS}, got {backend!r}")

@@ -1,9 +1,10 @@
 """oneDNN convolutions inside XLA programs (drlx/ops/onednn_conv.cc, through JAX's FFI).
 
-`conv2d_onednn(x, w)`: the stride-1, 'SAME'-padded, channels-last convolution of
-drlx.models.layers.conv2d (NHWC x, HWIO w with odd kernel sizes, float32) computed by oneDNN's
-forward primitive, reverse-mode differentiable through oneDNN's backward-data and
-backward-weights primitives (custom VJP).
+`conv2d_onednn(x, w, b=None)`: the stride-1, 'SAME'-padded, channels-last convolution of
+drlx.models.layers.conv2d (NHWC x, HWIO w with odd kernel sizes, optional bias b, float32)
+computed by oneDNN's forward primitive, reverse-mode differentiable through oneDNN's
+backward-data and backward-weights primitives (custom VJP; the backward-weights pass also gives
+the bias gradient).
 
 vmap: each of the three calls has a batching rule (`jax.custom_batching.custom_vmap`). A batch
 of activations with one kernel is folded into the convolution's own batch axis N (one call);
@@ -20,6 +21,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_batching import custom_vmap
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
@@ -32,10 +34,11 @@ LIBRARY = build.LIBRARY
 # pass name -> (symbol in the library, XLA custom-call target name)
 HANDLERS = {
     "forward": ("DrlxOnednnConvForward", "drlx_onednn_conv_forward"),
+    "forward_bias": ("DrlxOnednnConvForwardBias", "drlx_onednn_conv_forward_bias"),
     "backward_data": ("DrlxOnednnConvBackwardData", "drlx_onednn_conv_backward_data"),
     "backward_weights": ("DrlxOnednnConvBackwardWeights", "drlx_onednn_conv_backward_weights"),
 }
-PASS_INDEX = {"forward": 0, "backward_data": 1, "backward_weights": 2}
+PASS_INDEX = {"forward": 0, "backward_data": 1, "backward_weights": 2, "forward_bias": 3}
 
 
 @functools.cache
@@ -79,11 +82,32 @@ def implementation(pass_: str, shape: tuple[int, ...]) -> str:
     return lib.DrlxOnednnConvImpl(PASS_INDEX[pass_], *shape).decode()
 
 
-def _ffi(pass_: str, a: Array, b: Array, out_shape: tuple[int, ...]) -> Array:
+def _ffi(
+    pass_: str, *operands: Array, out_shape: tuple[int, ...], kernel: tuple[int, int] | None = None
+) -> Array:
+    """One pass's custom call. backward_weights: out_shape is `packed_shape`, and `kernel` the
+    spatial size of dw."""
     if not load():
         raise RuntimeError(f"oneDNN convolutions unavailable: {load_error()}")
     out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
-    return jax.ffi.ffi_call(HANDLERS[pass_][1], out)(a, b)
+    if pass_ != "backward_weights":
+        return jax.ffi.ffi_call(HANDLERS[pass_][1], out)(*operands)
+    kh, kw = (np.int64(k) for k in kernel)
+    return jax.ffi.ffi_call(HANDLERS[pass_][1], out)(*operands, kh=kh, kw=kw)
+
+
+# The backward-weights pass returns dw and db in one array: dw's rows (hwio, flattened to
+# (kh kw I, O)) then db as the last row. (A custom call with two results lost its batch
+# sharding: the partitioner gathered the activations for it.)
+def packed_shape(kernel: tuple[int, int], i: int, o: int) -> tuple[int, int]:
+    return (kernel[0] * kernel[1] * i + 1, o)
+
+
+def unpack(packed: Array, kernel: tuple[int, int]) -> tuple[Array, Array]:
+    """(dw, db) from a packed backward-weights result (any leading batch axes)."""
+    *batch, rows, o = packed.shape
+    dw = packed[..., :-1, :].reshape(*batch, *kernel, (rows - 1) // (kernel[0] * kernel[1]), o)
+    return dw, packed[..., -1, :]
 
 
 # --- Sharding: XLA's partitioner would gather a custom call's operands onto every device (each
@@ -91,11 +115,12 @@ def _ffi(pass_: str, a: Array, b: Array, out_shape: tuple[int, ...]) -> Array:
 # (custom_partitioning); the weight gradient is summed over the shards (psum). Every other axis
 # is replicated first. On one device the call is inlined as it is.
 
-# factors of (operand, operand -> result), "n" the batch
+# factors of (operands -> result), "n" the batch
 _RULES = {
     "forward": "n h w i, k l i o -> n h w o",
+    "forward_bias": "n h w i, k l i o, o -> n h w o",
     "backward_data": "n h w o, k l i o -> n h w i",
-    "backward_weights": "n h w i, n h w o -> k l i o",
+    "backward_weights": "n h w i, n h w o -> r o",  # r: dw's rows and db's (see _ffi)
 }
 
 
@@ -115,33 +140,30 @@ def _batch_axes(sharding, n: int, mesh) -> str | tuple[str, ...] | None:
 
 @functools.cache
 def _partitioned(pass_: str, kernel: tuple[int, int] | None):
-    def shape_of(a, b):
-        if pass_ == "forward":
+    def shape_of(a, b, *_):
+        if pass_ in ("forward", "forward_bias"):
             return (*a.shape[:3], b.shape[3])
         if pass_ == "backward_data":
             return (*a.shape[:3], b.shape[2])
-        return (*kernel, a.shape[3], b.shape[3])
+        return packed_shape(kernel, a.shape[3], b.shape[3])
 
-    @custom_partitioning
-    def op(a, b):
-        return _ffi(pass_, a, b, shape_of(a, b))
+    def call(*operands):
+        return _ffi(pass_, *operands, out_shape=shape_of(*operands), kernel=kernel)
+
+    op = custom_partitioning(call)
 
     def partition(mesh, arg_shapes, result_shape):
         axes = _batch_axes(arg_shapes[0].sharding, arg_shapes[0].shape[0], mesh)
-        batch = NamedSharding(mesh, P(axes))
-        if pass_ == "backward_weights":
-            args = (batch, batch)
-            out = NamedSharding(mesh, P())
+        batch, replicated = NamedSharding(mesh, P(axes)), NamedSharding(mesh, P())
+        if pass_ == "backward_weights":  # both operands are activations; dw, db summed
+            args, out = (batch, batch), replicated
 
-            def lower(a, b):
-                dw = _ffi(pass_, a, b, shape_of(a, b))
-                return dw if axes is None else jax.lax.psum(dw, axes)
-        else:
-            args = (batch, NamedSharding(mesh, P()))
-            out = batch
-
-            def lower(a, b):
-                return _ffi(pass_, a, b, shape_of(a, b))
+            def lower(*operands):
+                grads = call(*operands)
+                return grads if axes is None else jax.lax.psum(grads, axes)
+        else:  # an activation, then the kernel (and bias), replicated
+            args, out = (batch, *[replicated] * (len(arg_shapes) - 1)), batch
+            lower = call
 
         return mesh, lower, out, args
 
@@ -165,8 +187,8 @@ def _partitioned(pass_: str, kernel: tuple[int, int] | None):
     return op
 
 
-def _call(pass_: str, a: Array, b: Array, kernel: tuple[int, int] | None = None) -> Array:
-    return _partitioned(pass_, kernel)(a, b)
+def _call(pass_: str, *operands: Array, kernel: tuple[int, int] | None = None) -> Array:
+    return _partitioned(pass_, kernel)(*operands)
 
 
 def _check(x: Array, w: Array) -> None:
@@ -181,19 +203,18 @@ def _check(x: Array, w: Array) -> None:
 
 
 def _batching_rule(op, fold: bool):
-    """A custom_vmap rule for op(a, b): `fold` ops whose second operand is unbatched merge the
-    vmapped axis into N; everything else maps sequentially."""
+    """A custom_vmap rule for op(a, *rest): `fold` ops whose other operands are unbatched merge
+    the vmapped axis into a's N; everything else maps sequentially."""
 
-    def rule(axis_size, in_batched, a, b):
-        a_batched, b_batched = in_batched
-        if fold and a_batched and not b_batched:
-            out = op(a.reshape(-1, *a.shape[2:]), b)
+    def rule(axis_size, in_batched, a, *rest):
+        if fold and in_batched[0] and not any(in_batched[1:]):
+            out = op(a.reshape(-1, *a.shape[2:]), *rest)
             return out.reshape(axis_size, a.shape[1], *out.shape[1:]), True
-        if not a_batched:
-            a = jnp.broadcast_to(a, (axis_size, *a.shape))
-        if not b_batched:
-            b = jnp.broadcast_to(b, (axis_size, *b.shape))
-        return jax.lax.map(lambda ab: op(*ab), (a, b)), True
+        operands = [
+            v if batched else jnp.broadcast_to(v, (axis_size, *v.shape))
+            for v, batched in zip((a, *rest), in_batched, strict=True)
+        ]
+        return jax.lax.map(lambda vs: op(*vs), operands), True
 
     return rule
 
@@ -202,6 +223,15 @@ def _batching_rule(op, fold: bool):
 def forward(x: Float[Array, " N H W I"], w: Float[Array, " kh kw I O"]) -> Array:
     """y = conv(x, w) (NHWC): oneDNN's forward convolution."""
     return _call("forward", x, w)
+
+
+@custom_vmap
+def forward_bias(
+    x: Float[Array, " N H W I"], w: Float[Array, " kh kw I O"], b: Float[Array, " O"]
+) -> Array:
+    """y = conv(x, w) + b (NHWC): oneDNN's forward convolution with its bias. (XLA adding b
+    after the call made the partitioner gather the activations over the devices.)"""
+    return _call("forward_bias", x, w, b)
 
 
 @custom_vmap
@@ -215,14 +245,22 @@ def backward_weights(
 ) -> Float[Array, " kh kw I O"]:
     """dw of y = conv(x, w) given dy, w of spatial size `kernel`: oneDNN's backward-weights
     convolution."""
-    return _backward_weights(tuple(kernel))(x, dy)
+    return backward_weights_and_bias(x, dy, kernel)[0]
+
+
+def backward_weights_and_bias(
+    x: Float[Array, " N H W I"], dy: Float[Array, " N H W O"], kernel: tuple[int, int]
+) -> tuple[Float[Array, " kh kw I O"], Float[Array, " O"]]:
+    """(dw, db) of y = conv(x, w) + b given dy: one oneDNN backward-weights pass."""
+    kernel = tuple(kernel)
+    return unpack(_backward_weights(kernel)(x, dy), kernel)
 
 
 @functools.cache
 def _backward_weights(kernel: tuple[int, int]):
     @custom_vmap
     def op(x, dy):
-        return _call("backward_weights", x, dy, kernel)
+        return _call("backward_weights", x, dy, kernel=kernel)
 
     # per-example weight gradients: never folded (that would sum them)
     op.def_vmap(_batching_rule(op, fold=False))
@@ -230,30 +268,52 @@ def _backward_weights(kernel: tuple[int, int]):
 
 
 forward.def_vmap(_batching_rule(forward, fold=True))
+forward_bias.def_vmap(_batching_rule(forward_bias, fold=True))
 backward_data.def_vmap(_batching_rule(backward_data, fold=True))
 
 
-@jax.custom_vjp
 def conv2d_onednn(
-    x: Float[Array, " N H W I"], w: Float[Array, " kh kw I O"]
+    x: Float[Array, " N H W I"], w: Float[Array, " kh kw I O"], b: Float[Array, " O"] | None = None
 ) -> Float[Array, " N H W O"]:
     """Stride-1, 'SAME'-padded cross-correlation of NHWC x with the HWIO kernel w (odd sizes),
-    by oneDNN; reverse-mode differentiable, batched under vmap (see the module's doc)."""
+    plus the bias b if given, by oneDNN; reverse-mode differentiable, batched under vmap (see
+    the module's doc)."""
     _check(x, w)
+    return _conv(x, w) if b is None else _conv_bias(x, w, b)
+
+
+@jax.custom_vjp
+def _conv(x, w):
     return forward(x, w)
 
 
-def _fwd(x, w):
-    _check(x, w)
+def _conv_fwd(x, w):
     return forward(x, w), (x, w)
 
 
-def _bwd(res, ct):
+def _conv_bwd(res, ct):
     x, w = res
     return backward_data(ct, w), backward_weights(x, ct, w.shape[:2])
 
 
-conv2d_onednn.defvjp(_fwd, _bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@jax.custom_vjp
+def _conv_bias(x, w, b):
+    return forward_bias(x, w, b)
+
+
+def _conv_bias_fwd(x, w, b):
+    return _conv_bias(x, w, b), (x, w)
+
+
+def _conv_bias_bwd(res, ct):
+    x, w = res
+    return (backward_data(ct, w), *backward_weights_and_bias(x, ct, w.shape[:2]))
+
+
+_conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
 
 
 # --- Which backend runs the convolutions (runtime.conv_backend) --------------------------------

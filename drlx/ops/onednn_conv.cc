@@ -5,7 +5,10 @@
 // drlx.models.layers.conv2d. Three passes:
 //   forward          x (N,H,W,I), w (kh,kw,I,O) -> y  (N,H,W,O)
 //   backward-data    dy (N,H,W,O), w            -> dx (N,H,W,I)
-//   backward-weights x, dy                      -> dw (kh,kw,I,O)
+//   backward-weights x, dy                      -> dw (kh,kw,I,O) and db (O), packed as one
+//                                                  (kh*kw*I + 1, O) result: dw's rows, then db
+// (db, the bias gradient sum_{n,h,w} dy, comes from the same pass over dy: without it XLA
+// would read dy once more for a separate reduction.)
 //
 // Primitives are created once per (pass, shape) and kept in a process-wide cache, so a
 // Langevin chain (a lax.scan of the same shapes) pays oneDNN's primitive creation once.
@@ -30,12 +33,14 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum Pass : int { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+enum Pass : int { kForward = 0, kBackwardData = 1, kBackwardWeights = 2, kForwardBias = 3 };
 
 const char* PassName(int pass) {
   switch (pass) {
     case kForward:
       return "forward";
+    case kForwardBias:
+      return "forward-bias";
     case kBackwardData:
       return "backward-data";
     default:
@@ -74,6 +79,7 @@ struct Entry {
   dnnl::primitive conv;
   dnnl::memory::desc act_in;     // plain nhwc: x (forward, backward-weights) or dy (backward-data)
   dnnl::memory::desc act_out;    // plain nhwc: y, dx; or dy for backward-weights
+  dnnl::memory::desc bias;       // (O): db of backward-weights
   dnnl::memory::desc w_plain;    // hwio, as XLA holds the kernel
   dnnl::memory::desc w_prim;     // the kernel layout the primitive runs with
   bool w_reorder = false;        // w_prim differs from w_plain
@@ -123,6 +129,11 @@ std::shared_ptr<const Entry> Create(const Key& key) {
   auto fwd_pd = dnnl::convolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, x, w_any,
       y, strides, pad, pad, attr);
+  dnnl::memory::desc bias({s.o}, dt::f32, tag::x);
+  // with a bias: the forward-bias pass, and the hint of backward-weights (which computes db)
+  auto fwd_bias_pd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, x, w_any,
+      bias, y, strides, pad, pad, attr);
 
   auto e = std::make_shared<Entry>();
   e->w_plain = w_plain;
@@ -133,6 +144,14 @@ std::shared_ptr<const Entry> Create(const Key& key) {
     e->w_prim = fwd_pd.weights_desc();
     e->scratch = fwd_pd.scratchpad_desc();
     e->impl = fwd_pd.impl_info_str();
+  } else if (key.pass == kForwardBias) {
+    e->conv = dnnl::convolution_forward(fwd_bias_pd);
+    e->act_in = x;
+    e->act_out = y;
+    e->bias = fwd_bias_pd.bias_desc();
+    e->w_prim = fwd_bias_pd.weights_desc();
+    e->scratch = fwd_bias_pd.scratchpad_desc();
+    e->impl = fwd_bias_pd.impl_info_str();
   } else if (key.pass == kBackwardData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, x, w_any, y, strides, pad, pad, fwd_pd, attr);
@@ -144,11 +163,13 @@ std::shared_ptr<const Entry> Create(const Key& key) {
     e->impl = pd.impl_info_str();
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        eng, dnnl::algorithm::convolution_direct, x, w_any, y, strides, pad, pad, fwd_pd, attr);
+        eng, dnnl::algorithm::convolution_direct, x, w_any, bias, y, strides, pad, pad,
+        fwd_bias_pd, attr);
     e->conv = dnnl::convolution_backward_weights(pd);
     e->act_in = x;
     e->act_out = y;
     e->w_prim = pd.diff_weights_desc();
+    e->bias = pd.diff_bias_desc();
     e->scratch = pd.scratchpad_desc();
     e->impl = pd.impl_info_str();
   }
@@ -223,7 +244,9 @@ float* Scratch(std::vector<float>& buf, size_t bytes) {
   return buf.data();
 }
 
-ffi::Error Run(int pass, const Shape& s, void* act_in, void* w_or_act, void* out) {
+// extra: db for backward-weights (written), the bias for forward-bias (read); else unused
+ffi::Error Run(int pass, const Shape& s, void* act_in, void* w_or_act, void* out,
+               void* extra = nullptr) {
   if (s.kh % 2 == 0 || s.kw % 2 == 0) {
     return ffi::Error::InvalidArgument("onednn_conv: the kernel size must be odd, got " +
                                        std::to_string(s.kh) + "x" + std::to_string(s.kw));
@@ -243,9 +266,11 @@ ffi::Error Run(int pass, const Shape& s, void* act_in, void* w_or_act, void* out
                             ? dnnl::memory(e->w_prim, eng,
                                            Scratch(weight_buf, e->w_prim.get_size()))
                             : dw_plain;
+      dnnl::memory db(e->bias, eng, extra);
       e->conv.execute(stream, {{DNNL_ARG_SRC, a},
                                {DNNL_ARG_DIFF_DST, dy},
                                {DNNL_ARG_DIFF_WEIGHTS, dw},
+                               {DNNL_ARG_DIFF_BIAS, db},
                                {DNNL_ARG_SCRATCHPAD, scratch}});
       if (e->w_reorder) e->reorder.execute(stream, dw, dw_plain);
     } else {
@@ -257,6 +282,12 @@ ffi::Error Run(int pass, const Shape& s, void* act_in, void* w_or_act, void* out
       if (pass == kForward) {
         e->conv.execute(stream, {{DNNL_ARG_SRC, a},
                                  {DNNL_ARG_WEIGHTS, w},
+                                 {DNNL_ARG_DST, b},
+                                 {DNNL_ARG_SCRATCHPAD, scratch}});
+      } else if (pass == kForwardBias) {
+        e->conv.execute(stream, {{DNNL_ARG_SRC, a},
+                                 {DNNL_ARG_WEIGHTS, w},
+                                 {DNNL_ARG_BIAS, dnnl::memory(e->bias, eng, extra)},
                                  {DNNL_ARG_DST, b},
                                  {DNNL_ARG_SCRATCHPAD, scratch}});
       } else {
@@ -309,6 +340,18 @@ ffi::Error ForwardImpl(F32 x, F32 w, F32Out y) {
   return Run(kForward, s, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
+ffi::Error ForwardBiasImpl(F32 x, F32 w, F32 b, F32Out y) {
+  auto xd = x.dimensions(), wd = w.dimensions(), bd = b.dimensions(), yd = y->dimensions();
+  DRLX_CHECK(CheckRank("x", xd));
+  DRLX_CHECK(CheckRank("w", wd));
+  Shape s{xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1]};
+  if (wd[2] != s.i) return Mismatch("x channels != kernel input channels");
+  if (bd.size() != 1 || bd[0] != s.o) return Mismatch("the bias must be (output channels,)");
+  if (yd[0] != s.n || yd[1] != s.h || yd[2] != s.w || yd[3] != s.o) return Mismatch("y");
+  return Run(kForwardBias, s, x.untyped_data(), w.untyped_data(), y->untyped_data(),
+             b.untyped_data());
+}
+
 ffi::Error BackwardDataImpl(F32 dy, F32 w, F32Out dx) {
   auto dyd = dy.dimensions(), wd = w.dimensions(), dxd = dx->dimensions();
   DRLX_CHECK(CheckRank("dy", dyd));
@@ -319,25 +362,36 @@ ffi::Error BackwardDataImpl(F32 dy, F32 w, F32Out dx) {
   return Run(kBackwardData, s, dy.untyped_data(), w.untyped_data(), dx->untyped_data());
 }
 
-ffi::Error BackwardWeightsImpl(F32 x, F32 dy, F32Out dw) {
-  auto xd = x.dimensions(), dyd = dy.dimensions(), dwd = dw->dimensions();
+// kernel: the spatial size of dw, an attribute (the packed result does not show it)
+ffi::Error BackwardWeightsImpl(F32 x, F32 dy, F32Out packed, int64_t kh, int64_t kw) {
+  auto xd = x.dimensions(), dyd = dy.dimensions(), pd = packed->dimensions();
   DRLX_CHECK(CheckRank("x", xd));
   DRLX_CHECK(CheckRank("dy", dyd));
-  DRLX_CHECK(CheckRank("dw", dwd));
-  Shape s{xd[0], xd[1], xd[2], xd[3], dyd[3], dwd[0], dwd[1]};
+  Shape s{xd[0], xd[1], xd[2], xd[3], dyd[3], kh, kw};
   if (dyd[0] != s.n || dyd[1] != s.h || dyd[2] != s.w) return Mismatch("x and dy batch/space");
-  if (dwd[2] != s.i || dwd[3] != s.o) return Mismatch("dw channels");
-  return Run(kBackwardWeights, s, x.untyped_data(), dy.untyped_data(), dw->untyped_data());
+  if (pd.size() != 2 || pd[0] != kh * kw * s.i + 1 || pd[1] != s.o) {
+    return Mismatch("the packed (dw, db) result must be (kh * kw * I + 1, O)");
+  }
+  float* dw = static_cast<float*>(packed->untyped_data());
+  return Run(kBackwardWeights, s, x.untyped_data(), dy.untyped_data(), dw,
+             dw + kh * kw * s.i * s.o);
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DrlxOnednnConvForward, ForwardImpl,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DrlxOnednnConvForwardBias, ForwardBiasImpl,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DrlxOnednnConvBackwardData, BackwardDataImpl,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DrlxOnednnConvBackwardWeights, BackwardWeightsImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>());
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw"));
 
 // For tests and tuning: "impl|weights-reordered" oneDNN chose for a pass and shape, or
 // "error: ..." when the primitive cannot be created.
