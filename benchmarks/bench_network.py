@@ -11,8 +11,10 @@ next to a same-process float32 matmul baseline, and next to the same network in 
 build (benchmarks/bench_torch.py, rebuilt from this script's exported weights and checked to
 compute the same g) run by this script on this machine. Writes benchmarks/results/network.json.
 
-Usage: python benchmarks/bench_network.py [--quick] [--only NAME ...] [--out PATH]
+Usage: python benchmarks/bench_network.py [--quick] [--only NAME ...] [--out PATH] [--rounds R]
                                           [--torch-python PYTHON]   (`make bench`: all of it)
+drlx's measuring process and PyTorch's run in turn R times (default 2); each keeps its best round
+(`best_of_rounds`), so that a machine whose speed drifts slows both alike.
 Each measurement runs in a subprocess with RECOMMENDED_FLAGS (what drlx sets on import, see
 drlx/_xla.py) added to XLA_FLAGS; the full run repeats it (quick repetitions) without them. Flags
 are recorded in the JSON.
@@ -76,7 +78,8 @@ LIMITS = (
 )
 ONEDNN_NOTE = (
     "conv_backend onednn: drlx/ops/onednn_conv.cc, oneDNN 2023.2 (onednn-cpu-gomp, GNU OpenMP) "
-    "called through JAX's typed FFI: forward, backward-data and backward-weights primitives "
+    "called through JAX's typed FFI: forward (with the bias added inside the convolution), "
+    "backward-data and backward-weights (with the bias gradient) primitives "
     "(brgconv / jit:avx512_core on this CPU), NHWC activations used in place, one primitive per "
     "(pass, shape) created once and cached, kernels reordered to oneDNN's preferred blocked "
     "layout and the reordered copy cached by buffer and content (a chain reorders each fixed "
