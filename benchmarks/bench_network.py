@@ -438,7 +438,8 @@ def main() -> None:
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    reps = {"digits_w32": 5, "cifar_w32": 5, "cifar_full": 3}
+    # many short repetitions for the small networks: each side then catches a quiet moment
+    reps = {"digits_w32": 20, "cifar_w32": 10, "cifar_full": 3}
     if args.quick:
         reps = {"digits_w32": 2, "cifar_w32": 2, "cifar_full": 1}
     names = args.only or list(CONFIGS)
