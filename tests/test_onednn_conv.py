@@ -426,6 +426,10 @@ def test_bad_operands_are_errors_not_crashes():
         conv.conv2d_onednn(x, jnp.zeros((2, 2, 3, 4)))
     with pytest.raises(TypeError, match="float32"):
         conv.conv2d_onednn(x.astype(jnp.bfloat16), w1.astype(jnp.bfloat16))
+    with pytest.raises(ValueError, match=r"bias of shape \(16,\)"):
+        conv.conv2d_onednn(x, w1, jnp.zeros((15,)))
+    with pytest.raises(ValueError, match="float32 bias"):
+        conv.conv2d_onednn(x, w1, jnp.zeros((16,), jnp.int32))
     # past the Python checks, the handler's own shape check answers with an XLA error
     with pytest.raises(Exception, match="inconsistent shapes"):
         y = conv._ffi("forward", x, jnp.zeros((3, 3, 5, 16)), out_shape=(4, 8, 8, 16))

@@ -6,10 +6,10 @@ computed by oneDNN's forward primitive, reverse-mode differentiable through oneD
 backward-data and backward-weights primitives (custom VJP; the backward-weights pass also gives
 the bias gradient).
 
-vmap: each of the three calls has a batching rule (`jax.custom_batching.custom_vmap`). A batch
-of activations with one kernel is folded into the convolution's own batch axis N (one call);
-anything else (a batched kernel, or per-example weight gradients) runs as a sequential
-`lax.map` over the vmapped axis.
+vmap: each of the four calls (forward, forward with bias, backward-data, backward-weights) has a
+batching rule (`jax.custom_batching.custom_vmap`). A batch of activations with one kernel is
+folded into the convolution's own batch axis N (one call); anything else (a batched kernel, or
+per-example weight gradients) runs as a sequential `lax.map` over the vmapped axis.
 
 `load()` loads the library built by `python -m drlx.ops.build` and registers its handlers
 with XLA (CPU only); it returns False if that is impossible, and `load_error()` says why.
@@ -191,7 +191,7 @@ def _call(pass_: str, *operands: Array, kernel: tuple[int, int] | None = None) -
     return _partitioned(pass_, kernel)(*operands)
 
 
-def _check(x: Array, w: Array) -> None:
+def _check(x: Array, w: Array, b: Array | None) -> None:
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(f"conv2d_onednn needs NHWC x and HWIO w, got {x.shape} and {w.shape}")
     if w.shape[0] % 2 == 0 or w.shape[1] % 2 == 0:
@@ -200,6 +200,10 @@ def _check(x: Array, w: Array) -> None:
         raise ValueError(f"{x.shape[3]} input channels for a kernel of {w.shape[2]}")
     if x.dtype != jnp.float32 or w.dtype != jnp.float32:
         raise TypeError(f"conv2d_onednn is float32 only, got {x.dtype} and {w.dtype}")
+    if b is not None and (b.shape != (w.shape[3],) or b.dtype != jnp.float32):
+        raise ValueError(
+            f"conv2d_onednn needs a float32 bias of shape ({w.shape[3]},), got {b.dtype}{b.shape}"
+        )
 
 
 def _batching_rule(op, fold: bool):
@@ -278,7 +282,7 @@ def conv2d_onednn(
     """Stride-1, 'SAME'-padded cross-correlation of NHWC x with the HWIO kernel w (odd sizes),
     plus the bias b if given, by oneDNN; reverse-mode differentiable, batched under vmap (see
     the module's doc)."""
-    _check(x, w)
+    _check(x, w, b)
     return _conv(x, w) if b is None else _conv_bias(x, w, b)
 
 
