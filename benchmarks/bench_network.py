@@ -74,7 +74,8 @@ LIMITS = (
     "F(4x4,3x3) and XLA's XNNPACK convolution were all slower). conv_backend onednn calls "
     "oneDNN itself from XLA (ONEDNN_NOTE). The machine is shared: the load average and the "
     "matmul baselines before and after each run show how much other processes took; the two "
-    "backends are timed in turn at every repetition, PyTorch afterwards in its own process."
+    "backends are timed in turn at every repetition, PyTorch in its own process, after drlx's "
+    "in every round (--rounds; each side keeps its best round)."
 )
 ONEDNN_NOTE = (
     "conv_backend onednn: drlx/ops/onednn_conv.cc, oneDNN 2023.2 (onednn-cpu-gomp, GNU OpenMP) "
