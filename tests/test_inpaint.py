@@ -24,6 +24,7 @@ from drlx.diffusion import Schedule, drl_linear_schedule
 from drlx.energy import ConditionalEBM
 from drlx.evaluate.inpaint import (
     MASKS,
+    clip_to_range,
     compare,
     forward_path,
     hidden_mse,
@@ -450,3 +451,28 @@ def test_mask_metrics_and_comparison():
     assert not worse["beats_baselines"]  # the truth itself cannot be beaten
     same = compare(np.ones(n), np.ones(n) + 0.01 * rng.normal(size=n))
     assert not same["model_lower"]
+
+
+def test_clip_to_range_counts_hidden_pixels_and_never_raises_error():
+    """Clipping to [-1, 1] moves exactly the pixels outside it, the share counts hidden ones
+    only, and the error against a truth inside the box falls wherever a pixel was outside."""
+    rng = np.random.default_rng(3)
+    n, c = 8, 2
+    truth = rng.uniform(-1, 1, (n, 3, 3, 1))
+    mask = (rng.uniform(size=(n, 3, 3, 1)) < 0.5).astype(np.float64)
+    completions = rng.normal(scale=1.5, size=(n, c, 3, 3, 1))
+    completions[:, :, 0, 0, 0] = 5.0  # outside; counted only where pixel (0, 0) is hidden
+    clipped, share = clip_to_range(completions, mask)
+    assert clipped.min() >= -1.0 and clipped.max() <= 1.0
+    inside = np.abs(completions) <= 1.0
+    np.testing.assert_array_equal(clipped[inside], completions[inside])
+    hidden = [completions[i, j][mask[i] == 0] for i in range(n) for j in range(c)]
+    outside = sum(int(np.sum(np.abs(h) > 1.0)) for h in hidden)
+    assert share == pytest.approx(outside / sum(h.size for h in hidden))
+    assert 0.0 < share < 1.0
+    before, after = hidden_mse(completions, truth, mask), hidden_mse(clipped, truth, mask)
+    assert np.all(after <= before + 1e-15)
+    moved = np.array([[np.any(np.abs(completions[i, j][mask[i] == 0]) > 1.0) for j in range(c)]
+                      for i in range(n)])  # fmt: skip
+    assert moved.any() and not moved.all()
+    assert np.all(after[moved] < before[moved]) and np.all(after[~moved] == before[~moved])

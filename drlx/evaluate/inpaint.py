@@ -259,6 +259,15 @@ def hidden_mse(completion: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> n
     return np.sum(hidden * (c - truth) ** 2, axis=axes) / np.sum(hidden, axis=axes)
 
 
+def clip_to_range(completions: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """Completions (N, C, *D) as images are shown: clipped to the data's range [-1, 1], with the
+    share of their hidden pixels (mask (N, *D) 0) that lay outside it. The truth lies in that
+    box and clipping is the projection onto it, so no pixel's error rises."""
+    hidden = np.broadcast_to(np.asarray(mask)[:, None] == 0, completions.shape)
+    share = float(np.mean(np.abs(completions[hidden]) > 1.0))
+    return np.clip(completions, -1.0, 1.0), share
+
+
 def summary(values) -> dict:
     """Mean over images with its standard error and 95% t-interval (`Estimate.of`), compactly:
     {"mean", "se", "low", "high", "n"}."""
@@ -330,7 +339,9 @@ def evaluate_inpainting(
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Inpaint the first `num_examples` held-out images under every mask of MASKS,
     `num_completions` times each, with the experiment's generation chain (`eval_sampler`, and
-    Tweedie's step if `exp.tweedie`); score them and the baselines (`mask_metrics`).
+    Tweedie's step if `exp.tweedie`); clip them to the data's range [-1, 1] (as images are shown
+    and as the classifier reads samples everywhere else; the truth lies in that box, so clipping
+    never raises a pixel's error) and score them and the baselines (`mask_metrics`).
 
     Randomness: the stream exp.key("inpaint"); the random mask from its named key
     "random_half", the chains of mask M from its named key M, row i * C + c (image i,
@@ -369,7 +380,7 @@ def evaluate_inpainting(
             else min(settings.resample_levels, exp.schedule.num_levels - 1)
         ),
         "tweedie": bool(exp.tweedie),
-        "pixel_scale": "model space [-1, 1]",
+        "pixel_scale": "model space [-1, 1]; completions clipped to it",
         "truth_accuracy": summary(classify(x) == labels),
         "masks": {},
     }
@@ -382,12 +393,13 @@ def evaluate_inpainting(
             np.repeat(mask, c, 0), chunk, exp.tweedie, settings.resample,
             settings.resample_levels,
         ).reshape(n, c, *x.shape[1:])  # fmt: skip
+        completions, clipped_share = clip_to_range(completions, mask)
         baselines = {
             "mean_image": mean_image_fill(x, mask, train),
             "nearest_neighbour": nearest_neighbour_fill(x, mask, train),
         }
         found = mask_metrics(x, labels, mask, completions, baselines, classify)
-        found = {"description": MASK_DOCS[name], **found}
+        found = {"description": MASK_DOCS[name], **found, "hidden_share_clipped": clipped_share}
         found["wall_time_s"] = time.perf_counter() - start
         metrics["masks"][name] = found
         k = min(settings.num_shown, n)
