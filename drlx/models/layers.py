@@ -197,6 +197,33 @@ def conv2d(
     return y if bias is None else y + bias
 
 
+@jax.custom_vjp
+def add_example_bias(x: Float[Array, " N H W C"], bias: Float[Array, " N C"]) -> Array:
+    """x + bias[:, None, None, :]: one bias vector per example (the ResNet's level bias).
+
+    The same function as the broadcast add; only the bias's gradient, the per-example sum of the
+    cotangent over H and W, is computed differently: as a batched dot with a vector of ones,
+    which XLA:CPU runs several times faster than the reduction autodiff writes (the width-32
+    CIFAR training step: 144-146 -> 156-161 examples/s on this 2-core machine, three interleaved
+    rounds; benchmarks/results/network.json). A test checks both gradients against the
+    broadcast add's."""
+    return x + bias[:, None, None, :]
+
+
+def _add_example_bias_fwd(x, bias):
+    return add_example_bias(x, bias), x.shape
+
+
+def _add_example_bias_bwd(shape, g):
+    n, h, w, c = shape
+    ones = jnp.ones((n, h * w), g.dtype)
+    per_example = (((1,), (1,)), ((0,), (0,)))  # contract H W, batch over N
+    return g, jax.lax.dot_general(ones, g.reshape(n, h * w, c), per_example)
+
+
+add_example_bias.defvjp(_add_example_bias_fwd, _add_example_bias_bwd)
+
+
 def avg_pool2(x: Float[Array, " N H W C"]) -> Float[Array, " N H/2 W/2 C"]:
     """2x2 average pooling with stride 2 (H and W even), as a reshape and a mean."""
     n, h, w, c = x.shape

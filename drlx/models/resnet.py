@@ -12,6 +12,7 @@ from drlx.models.layers import (
     ConditionEmbedding,
     Conv2d,
     Dense,
+    add_example_bias,
     avg_pool2,
     conditioned,
     level_inputs,
@@ -63,7 +64,7 @@ class ResidualBlock(eqx.Module):
     def __call__(
         self, x: Float[Array, " N H W I"], level_bias: Float[Array, " N O"]
     ) -> Float[Array, " N H W O"]:
-        h = self.conv1(_act(x)) + level_bias[:, None, None, :]
+        h = add_example_bias(self.conv1(_act(x)), level_bias)
         h = self.conv2(_act(h))
         return h + (x if self.shortcut is None else self.shortcut(x))
 
