@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from drlx._xla import CPU_FLAGS
-from drlx.models.layers import conv2d, with_conv_backend
+from drlx.models.layers import conv2d, level_inputs, sinusoidal_embedding, with_conv_backend
 from drlx.models.resnet import ResNetEnergy
 from drlx.ops import conv as onednn_conv
 
@@ -228,9 +228,31 @@ def train_grads(net, y_pos, y_neg, t):
     return eqx.filter_value_and_grad(loss)(net)
 
 
+def _raw_layers(net: ResNetEnergy) -> dict:
+    """name -> Conv2d or Dense, every layer the training step differentiates (the level
+    embedding's too), named as benchmarks/bench_torch.py reads them."""
+    layers = {"temb0": net.temb[0], "temb1": net.temb[1], "conv_in": net.conv_in}
+    for s, stage in enumerate(net.stages):
+        for b, block in enumerate(stage):
+            p = f"s{s}.b{b}."
+            layers |= {
+                p + "conv1": block.conv1,
+                p + "conv2": block.conv2,
+                p + "temb_proj": block.temb_proj,
+            }
+            if block.shortcut is not None:
+                layers[p + "shortcut"] = block.shortcut
+    return layers | {"readout": net.readout}
+
+
 def export_for_torch(path: Path, net: ResNetEnergy, y, y_neg, t) -> None:
-    """The network as fixed arrays (normalized HWIO kernels, per-block level biases, read-out
-    vector), a batch and g on it, for benchmarks/bench_torch.py to rebuild and check."""
+    """The network for benchmarks/bench_torch.py to rebuild and check, with a batch:
+    - for the chain: fixed arrays (normalized HWIO kernels, per-block level biases, read-out
+      vector) and g on the batch, as a drlx chain precomputes them (`ResNetEnergy.precompute`);
+    - for the training step: every trained array as drlx holds it (raw kernels with their
+      spectral-norm vectors u and scales, the level embedding's dense layers), the level
+      embedding's sinusoidal input, and drlx's mean g on y+ and on y- with their parameter
+      gradients, so that PyTorch differentiates the same function in the same parameters."""
     *biases, read = net.embed(t)
     arrays = {"y": y, "y_neg": y_neg, "g": net(y, t), "read": read}
     arrays["conv_in.w"], arrays["conv_in.b"] = net.conv_in.normalized_weight(), net.conv_in.bias
@@ -244,6 +266,22 @@ def export_for_torch(path: Path, net: ResNetEnergy, y, y_neg, t) -> None:
                     arrays[p + key + ".w"] = layer.normalized_weight()
                     arrays[p + key + ".b"] = layer.bias
             arrays[p + "level_bias"] = next(biases)
+    arrays["train.temb_input"] = sinusoidal_embedding(
+        level_inputs(net.level_values, t), net.embed_dim
+    )
+    for name, layer in _raw_layers(net).items():
+        for field in ("weight", "bias", "u", "scale"):
+            if getattr(layer, field, None) is not None:
+                arrays[f"train.{name}.{field}"] = getattr(layer, field)
+    # the loss's two terms, each checked alone: their difference cancels most of each gradient
+    # and with it the agreement that float32 rounding allows
+    for term, images in (("pos", y), ("neg", y_neg)):
+        value, grads = eqx.filter_value_and_grad(lambda n, x=images: jnp.mean(n(x, t)))(net)
+        arrays[f"train_{term}.value"] = value
+        for name, layer in _raw_layers(grads).items():
+            for field in ("weight", "bias", "scale"):  # u is held fixed: no gradient
+                if getattr(layer, field, None) is not None:
+                    arrays[f"train_{term}.{name}.{field}"] = getattr(layer, field)
     np.savez(path, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
 

@@ -1,11 +1,15 @@
 """The PyTorch (CPU build, oneDNN) baseline of benchmarks/bench_network.py, run on this machine.
 
-Reads the networks that bench_network.py exported (the JAX ResNetEnergy's spectrally normalized
-weights, the level-dependent biases and read-out vectors, a batch and the JAX network's outputs on
-it), rebuilds the same network in PyTorch, checks that it computes the same g as the JAX one,
-and times the same two workloads: a 10-step Langevin chain (forward + gradient in the input per
-step) and a training step's forward + backward in the weights. Channels-last tensors, eager
-mode, torch's default threads (one per core).
+Reads the networks that bench_network.py exported and rebuilds each in PyTorch twice:
+- for the chain, from the spectrally normalized kernels, level biases and read-out vector that a
+  drlx chain computes once (checked to give the JAX network's g on the batch);
+- for the training step, from every array drlx trains (raw kernels with their spectral-norm
+  vectors and scales, the level embedding's dense layers), differentiated in all of them as
+  drlx's step is (mean g on y+ and on y-, and their gradients, checked against drlx's).
+Then times the same two workloads: a 10-step Langevin chain (forward + gradient in the input per
+step) and a training step's forward + backward in the parameters. Channels-last tensors, eager
+mode, torch's default threads (one per core). Until this rebuild of the training step the
+baseline trained only the fixed normalized kernels and biases, less work than drlx's step.
 
 Usage: python benchmarks/bench_torch.py EXPORT_DIR OUT_JSON   (needs torch and numpy only;
 `make bench` creates .venv-torch with the CPU wheel of torch for it).
@@ -22,6 +26,11 @@ import torch
 import torch.nn.functional as F
 
 CHAIN_STEPS = 10
+# largest relative difference of PyTorch's mean g on a batch, and of its gradient in every
+# parameter, from drlx's (both float32) allowed: float32 rounding gave up to ~3e-3 (the full
+# CIFAR network's 32 blocks); a wrong or missing term differs by O(1). (Rebuilt in float64,
+# PyTorch's loss gradients equal drlx's float64 ones to ~4e-8.)
+TRAIN_TOLERANCE = 1e-2
 
 
 def _conv(x, weight, bias):
@@ -29,9 +38,10 @@ def _conv(x, weight, bias):
 
 
 class Net:
-    """ResNetEnergy's energy(y, context) with fixed (already normalized) weights."""
+    """ResNetEnergy's energy(y, context) with fixed (already normalized) weights: a chain's
+    network (drlx's chains precompute the kernels and the level embedding once)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], requires_grad: bool):
+    def __init__(self, arrays: dict[str, np.ndarray]):
         def param(name):
             a = arrays[name]
             if a.ndim == 4:  # HWIO -> OIHW, stored channels-last like the activations
@@ -39,7 +49,7 @@ class Net:
                 t = t.contiguous(memory_format=torch.channels_last)
             else:
                 t = torch.from_numpy(np.ascontiguousarray(a))
-            return t.requires_grad_(requires_grad)
+            return t
 
         self.conv_in = (param("conv_in.w"), param("conv_in.b"))
         self.stages = []
@@ -64,15 +74,6 @@ class Net:
             self.stages.append(blocks)
             s += 1
         self.read = torch.from_numpy(arrays["read"])
-        self.params = [t for t in self._tensors() if t.requires_grad]
-
-    def _tensors(self):
-        yield from self.conv_in
-        for stage in self.stages:
-            for block in stage:
-                for key in ("conv1", "conv2", "shortcut"):
-                    if block[key] is not None:
-                        yield from block[key]
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         act = lambda x: F.leaky_relu(x, 0.2)  # noqa: E731
@@ -86,6 +87,119 @@ class Net:
                 h = r + (h if block["shortcut"] is None else _conv(h, *block["shortcut"]))
         features = torch.relu(h).sum(dim=(2, 3))
         return (features * self.read).sum(dim=1)
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / (torch.linalg.vector_norm(v) + 1e-12)
+
+
+def _spectral(weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """weight / sigma_hat with drlx's estimate (drlx.models.layers.spectral_norm_estimate):
+    sigma_hat = u^T M v, v = unit(M^T u), u and v held fixed, M the weight as (out, rest).
+    The order of M's columns does not change sigma_hat, so OIHW kernels reshape directly."""
+    matrix = weight.reshape(weight.shape[0], -1)
+    v = _unit(matrix.detach().T @ u)
+    return weight / (u @ (matrix @ v))
+
+
+class TrainNet:
+    """The training step's function of drlx's trained arrays: raw kernels normalized by their
+    spectral-norm estimates and scaled, the level embedding's dense layers
+    (sinusoidal -> Dense -> act -> Dense -> act -> per-block level biases and read-out), all
+    differentiated, as `train_grads` in bench_network.py differentiates ResNetEnergy."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        names = sorted({k.split(".weight")[0][len("train."):] for k in arrays
+                        if k.startswith("train.") and k.endswith(".weight")})  # fmt: skip
+        self.layers, self.params, self.param_names = {}, [], []
+        for name in names:
+            layer = {}
+            for field in ("weight", "bias", "u", "scale"):
+                key = f"train.{name}.{field}"
+                if key not in arrays:
+                    continue
+                a = arrays[key]
+                if field == "weight" and a.ndim == 4:  # HWIO -> OIHW, channels-last storage
+                    t = torch.from_numpy(np.ascontiguousarray(a.transpose(3, 2, 0, 1)))
+                    t = t.contiguous(memory_format=torch.channels_last)
+                elif field == "weight":  # dense (in, out) -> F.linear's (out, in)
+                    t = torch.from_numpy(np.ascontiguousarray(a.T))
+                else:
+                    t = torch.from_numpy(np.ascontiguousarray(a))
+                if field != "u":
+                    t.requires_grad_(True)
+                    self.params.append(t)
+                    self.param_names.append(f"{name}.{field}")
+                layer[field] = t
+            self.layers[name] = layer
+        self.temb_input = torch.from_numpy(arrays["train.temb_input"])
+        self.num_stages = 1 + max(int(n[1:].split(".")[0]) for n in names if n.startswith("s"))
+
+    def _kernel(self, name: str) -> torch.Tensor:
+        layer = self.layers[name]
+        w = _spectral(layer["weight"], layer["u"])
+        return w if "scale" not in layer else w * layer["scale"][:, None, None, None]
+
+    def _dense(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[name]
+        return F.linear(x, _spectral(layer["weight"], layer["u"]), layer["bias"])
+
+    def _conv(self, name: str, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return _conv(x, kernel, self.layers[name]["bias"])
+
+    def energies(self, *images: torch.Tensor) -> list[torch.Tensor]:
+        """g of each batch; kernels and level embedding computed once for all."""
+        act = lambda x: F.leaky_relu(x, 0.2)  # noqa: E731
+        kernels = {n: self._kernel(n) for n, layer in self.layers.items()
+                   if layer["weight"].ndim == 4}  # fmt: skip
+        a = act(self._dense("temb1", act(self._dense("temb0", self.temb_input))))
+        read = self._dense("readout", a)
+        biases = {n: self._dense(n, a)[:, :, None, None] for n in self.layers
+                  if n.endswith("temb_proj")}  # fmt: skip
+
+        def g(y):
+            h = self._conv("conv_in", y, kernels["conv_in"])
+            for s in range(self.num_stages):
+                if s > 0:
+                    h = F.avg_pool2d(h, 2)
+                b = 0
+                while f"s{s}.b{b}.conv1" in self.layers:
+                    p = f"s{s}.b{b}."
+                    r = self._conv(p + "conv1", act(h), kernels[p + "conv1"])
+                    r = act(r + biases[p + "temb_proj"])
+                    r = self._conv(p + "conv2", r, kernels[p + "conv2"])
+                    if p + "shortcut" in self.layers:
+                        h = r + self._conv(p + "shortcut", h, kernels[p + "shortcut"])
+                    else:
+                        h = r + h
+                    b += 1
+            return (torch.relu(h).sum(dim=(2, 3)) * read).sum(dim=1)
+
+        return [g(y) for y in images]
+
+    def grads(self, y_pos: torch.Tensor, y_neg: torch.Tensor):
+        """The training step: mean(g(y-) - g(y+)) and its gradients in every parameter."""
+        g_pos, g_neg = self.energies(y_pos, y_neg)
+        return torch.autograd.grad(torch.mean(g_neg - g_pos), self.params)
+
+    def max_rel_diff(self, arrays: dict[str, np.ndarray], images: torch.Tensor, term: str):
+        """Largest |torch - drlx| / max|drlx| of mean g on `images` (drlx's `train_{term}`
+        record) and over every parameter's gradient of it."""
+        (g,) = self.energies(images)
+        value = torch.mean(g)
+        grads = torch.autograd.grad(value, self.params)
+        worst = 0.0
+        for name, grad in zip(self.param_names, grads, strict=True):
+            ref = arrays[f"train_{term}.{name}"]
+            got = grad.detach().numpy()
+            if got.ndim == 4:  # OIHW -> HWIO
+                got = got.transpose(2, 3, 1, 0)
+            elif got.ndim == 2:  # (out, in) -> (in, out)
+                got = got.T
+            worst = max(worst, float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) + 1e-30)))
+        ref_value = float(arrays[f"train_{term}.value"])
+        value_diff = abs(float(value.detach()) - ref_value) / (abs(ref_value) + 1e-30)
+        return {"value": value_diff, "grads": worst}
 
 
 def timed(fn, reps: int) -> dict[str, float]:
@@ -111,7 +225,7 @@ def bench(path: Path, reps: int) -> dict:
     y0, y_neg = _images(arrays["y"]), _images(arrays["y_neg"])
     n = y0.shape[0]
 
-    sampler_net = Net(arrays, requires_grad=False)
+    sampler_net = Net(arrays)
     with torch.no_grad():
         g = sampler_net(y0).numpy()
     g_jax = arrays["g"]
@@ -131,17 +245,21 @@ def bench(path: Path, reps: int) -> dict:
                 y = y + 0.5 * s2 * grad + s2**0.5 * noise
         return y
 
-    train_net = Net(arrays, requires_grad=True)
+    train_net = TrainNet(arrays)
+    diff = {term: train_net.max_rel_diff(arrays, images, term)
+            for term, images in (("pos", y0), ("neg", y_neg))}  # fmt: skip
+    if max(v for d in diff.values() for v in d.values()) > TRAIN_TOLERANCE:
+        raise SystemExit(f"PyTorch's training step is not drlx's: {diff}")
 
     def train():
-        loss = torch.mean(train_net(y_neg) - train_net(y0))
-        return torch.autograd.grad(loss, train_net.params)
+        return train_net.grads(y0, y_neg)
 
     sample = timed(chain, reps)
     train_t = timed(train, reps)
     return {
         "batch": n,
         "g_max_rel_diff_vs_jax": max_rel_diff,
+        "train_max_rel_diff_vs_jax": diff,
         "sample": {**sample, "sample_steps_per_s": n * CHAIN_STEPS / sample["min_s"],
                    "sample_steps_per_s_median": n * CHAIN_STEPS / sample["median_s"]},
         "train": {**train_t, "examples_per_s": n / train_t["min_s"]},
