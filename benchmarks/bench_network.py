@@ -246,42 +246,26 @@ def _raw_layers(net: ResNetEnergy) -> dict:
 
 
 def export_for_torch(path: Path, net: ResNetEnergy, y, y_neg, t) -> None:
-    """The network for benchmarks/bench_torch.py to rebuild and check, with a batch:
-    - for the chain: fixed arrays (normalized HWIO kernels, per-block level biases, read-out
-      vector) and g on the batch, as a drlx chain precomputes them (`ResNetEnergy.precompute`);
-    - for the training step: every trained array as drlx holds it (raw kernels with their
-      spectral-norm vectors u and scales, the level embedding's dense layers), the level
-      embedding's sinusoidal input, and drlx's mean g on y+ and on y- with their parameter
-      gradients, so that PyTorch differentiates the same function in the same parameters."""
-    *biases, read = net.embed(t)
-    arrays = {"y": y, "y_neg": y_neg, "g": net(y, t), "read": read}
-    arrays["conv_in.w"], arrays["conv_in.b"] = net.conv_in.normalized_weight(), net.conv_in.bias
-    biases = iter(biases)
-    for s, stage in enumerate(net.stages):
-        for b, block in enumerate(stage):
-            p = f"s{s}.b{b}."
-            for key in ("conv1", "conv2", "shortcut"):
-                layer = getattr(block, key)
-                if layer is not None:
-                    arrays[p + key + ".w"] = layer.normalized_weight()
-                    arrays[p + key + ".b"] = layer.bias
-            arrays[p + "level_bias"] = next(biases)
-    arrays["train.temb_input"] = sinusoidal_embedding(
-        level_inputs(net.level_values, t), net.embed_dim
-    )
+    """The network for benchmarks/bench_torch.py to rebuild and check, with a batch: every
+    trained array as drlx holds it (raw kernels with their spectral-norm vectors u and scales,
+    the level embedding's dense layers), the level embedding's sinusoidal input, g on y, and
+    drlx's mean g on y+ and on y- with their parameter gradients, so that PyTorch computes the
+    same function of the same parameters."""
+    arrays = {"y": y, "y_neg": y_neg, "g": net(y, t)}
+    arrays["temb_input"] = sinusoidal_embedding(level_inputs(net.level_values, t), net.embed_dim)
     for name, layer in _raw_layers(net).items():
         for field in ("weight", "bias", "u", "scale"):
             if getattr(layer, field, None) is not None:
-                arrays[f"train.{name}.{field}"] = getattr(layer, field)
+                arrays[f"param.{name}.{field}"] = getattr(layer, field)
     # the loss's two terms, each checked alone: their difference cancels most of each gradient
     # and with it the agreement that float32 rounding allows
     for term, images in (("pos", y), ("neg", y_neg)):
         value, grads = eqx.filter_value_and_grad(lambda n, x=images: jnp.mean(n(x, t)))(net)
-        arrays[f"train_{term}.value"] = value
+        arrays[f"value_{term}"] = value
         for name, layer in _raw_layers(grads).items():
             for field in ("weight", "bias", "scale"):  # u is held fixed: no gradient
                 if getattr(layer, field, None) is not None:
-                    arrays[f"train_{term}.{name}.{field}"] = getattr(layer, field)
+                    arrays[f"grad_{term}.{name}.{field}"] = getattr(layer, field)
     np.savez(path, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
 

@@ -1,11 +1,11 @@
 """The PyTorch (CPU build, oneDNN) baseline of benchmarks/bench_network.py, run on this machine.
 
-Reads the networks that bench_network.py exported and rebuilds each in PyTorch twice:
-- for the chain, from the spectrally normalized kernels, level biases and read-out vector that a
-  drlx chain computes once (checked to give the JAX network's g on the batch);
-- for the training step, from every array drlx trains (raw kernels with their spectral-norm
-  vectors and scales, the level embedding's dense layers), differentiated in all of them as
-  drlx's step is (mean g on y+ and on y-, and their gradients, checked against drlx's).
+Reads the networks that bench_network.py exported and rebuilds each in PyTorch from every array
+drlx trains (raw kernels with their spectral-norm vectors and scales, the level embedding's
+dense layers): the chain computes the normalized kernels, level biases and read-out once, as a
+drlx chain does (checked to give the JAX network's g on the batch); the training step
+differentiates in all of them, as drlx's step does (mean g on y+ and on y-, and their
+gradients, checked against drlx's).
 Then times the same two workloads: a 10-step Langevin chain (forward + gradient in the input per
 step) and a training step's forward + backward in the parameters. Channels-last tensors, eager
 mode, torch's default threads (one per core). Until this rebuild of the training step the
@@ -37,56 +37,8 @@ def _conv(x, weight, bias):
     return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
 
 
-class Net:
-    """ResNetEnergy's energy(y, context) with fixed (already normalized) weights: a chain's
-    network (drlx's chains precompute the kernels and the level embedding once)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        def param(name):
-            a = arrays[name]
-            if a.ndim == 4:  # HWIO -> OIHW, stored channels-last like the activations
-                t = torch.from_numpy(np.ascontiguousarray(a.transpose(3, 2, 0, 1)))
-                t = t.contiguous(memory_format=torch.channels_last)
-            else:
-                t = torch.from_numpy(np.ascontiguousarray(a))
-            return t
-
-        self.conv_in = (param("conv_in.w"), param("conv_in.b"))
-        self.stages = []
-        s = 0
-        while f"s{s}.b0.conv1.w" in arrays:
-            blocks, b = [], 0
-            while f"s{s}.b{b}.conv1.w" in arrays:
-                p = f"s{s}.b{b}."
-                has_shortcut = p + "shortcut.w" in arrays
-                shortcut = (
-                    (param(p + "shortcut.w"), param(p + "shortcut.b")) if has_shortcut else None
-                )
-                blocks.append(
-                    dict(
-                        conv1=(param(p + "conv1.w"), param(p + "conv1.b")),
-                        conv2=(param(p + "conv2.w"), param(p + "conv2.b")),
-                        shortcut=shortcut,
-                        level_bias=torch.from_numpy(arrays[p + "level_bias"])[:, :, None, None],
-                    )
-                )
-                b += 1
-            self.stages.append(blocks)
-            s += 1
-        self.read = torch.from_numpy(arrays["read"])
-
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        act = lambda x: F.leaky_relu(x, 0.2)  # noqa: E731
-        h = _conv(y, *self.conv_in)
-        for i, stage in enumerate(self.stages):
-            if i > 0:
-                h = F.avg_pool2d(h, 2)
-            for block in stage:
-                r = _conv(act(h), *block["conv1"]) + block["level_bias"]
-                r = _conv(act(r), *block["conv2"])
-                h = r + (h if block["shortcut"] is None else _conv(h, *block["shortcut"]))
-        features = torch.relu(h).sum(dim=(2, 3))
-        return (features * self.read).sum(dim=1)
+def _act(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -102,20 +54,20 @@ def _spectral(weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return weight / (u @ (matrix @ v))
 
 
-class TrainNet:
-    """The training step's function of drlx's trained arrays: raw kernels normalized by their
+class Net:
+    """ResNetEnergy rebuilt from drlx's trained arrays: raw kernels normalized by their
     spectral-norm estimates and scaled, the level embedding's dense layers
     (sinusoidal -> Dense -> act -> Dense -> act -> per-block level biases and read-out), all
-    differentiated, as `train_grads` in bench_network.py differentiates ResNetEnergy."""
+    differentiable, as `train_grads` in bench_network.py differentiates ResNetEnergy."""
 
     def __init__(self, arrays: dict[str, np.ndarray]):
-        names = sorted({k.split(".weight")[0][len("train."):] for k in arrays
-                        if k.startswith("train.") and k.endswith(".weight")})  # fmt: skip
+        names = sorted({k.split(".weight")[0][len("param."):] for k in arrays
+                        if k.startswith("param.") and k.endswith(".weight")})  # fmt: skip
         self.layers, self.params, self.param_names = {}, [], []
         for name in names:
             layer = {}
             for field in ("weight", "bias", "u", "scale"):
-                key = f"train.{name}.{field}"
+                key = f"param.{name}.{field}"
                 if key not in arrays:
                     continue
                 a = arrays[key]
@@ -132,7 +84,7 @@ class TrainNet:
                     self.param_names.append(f"{name}.{field}")
                 layer[field] = t
             self.layers[name] = layer
-        self.temb_input = torch.from_numpy(arrays["train.temb_input"])
+        self.temb_input = torch.from_numpy(arrays["temb_input"])
         self.num_stages = 1 + max(int(n[1:].split(".")[0]) for n in names if n.startswith("s"))
 
     def _kernel(self, name: str) -> torch.Tensor:
@@ -144,38 +96,38 @@ class TrainNet:
         layer = self.layers[name]
         return F.linear(x, _spectral(layer["weight"], layer["u"]), layer["bias"])
 
-    def _conv(self, name: str, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        return _conv(x, kernel, self.layers[name]["bias"])
-
-    def energies(self, *images: torch.Tensor) -> list[torch.Tensor]:
-        """g of each batch; kernels and level embedding computed once for all."""
-        act = lambda x: F.leaky_relu(x, 0.2)  # noqa: E731
+    def context(self) -> tuple[dict, dict, torch.Tensor]:
+        """What does not depend on the images: normalized kernels, level biases, read-out
+        (computed once per training step, and once per chain under no_grad, as drlx's
+        `ResNetEnergy.precompute` and `embed` do)."""
         kernels = {n: self._kernel(n) for n, layer in self.layers.items()
                    if layer["weight"].ndim == 4}  # fmt: skip
-        a = act(self._dense("temb1", act(self._dense("temb0", self.temb_input))))
-        read = self._dense("readout", a)
+        a = _act(self._dense("temb1", _act(self._dense("temb0", self.temb_input))))
         biases = {n: self._dense(n, a)[:, :, None, None] for n in self.layers
                   if n.endswith("temb_proj")}  # fmt: skip
+        return kernels, biases, self._dense("readout", a)
 
-        def g(y):
-            h = self._conv("conv_in", y, kernels["conv_in"])
-            for s in range(self.num_stages):
-                if s > 0:
-                    h = F.avg_pool2d(h, 2)
-                b = 0
-                while f"s{s}.b{b}.conv1" in self.layers:
-                    p = f"s{s}.b{b}."
-                    r = self._conv(p + "conv1", act(h), kernels[p + "conv1"])
-                    r = act(r + biases[p + "temb_proj"])
-                    r = self._conv(p + "conv2", r, kernels[p + "conv2"])
-                    if p + "shortcut" in self.layers:
-                        h = r + self._conv(p + "shortcut", h, kernels[p + "shortcut"])
-                    else:
-                        h = r + h
-                    b += 1
-            return (torch.relu(h).sum(dim=(2, 3)) * read).sum(dim=1)
+    def g(self, y: torch.Tensor, context: tuple[dict, dict, torch.Tensor]) -> torch.Tensor:
+        """The network's output on a batch of images, given `context()`."""
+        kernels, biases, read = context
+        conv = lambda name, x: _conv(x, kernels[name], self.layers[name]["bias"])  # noqa: E731
+        h = conv("conv_in", y)
+        for s in range(self.num_stages):
+            if s > 0:
+                h = F.avg_pool2d(h, 2)
+            b = 0
+            while f"s{s}.b{b}.conv1" in self.layers:
+                p = f"s{s}.b{b}."
+                r = conv(p + "conv1", _act(h))
+                r = conv(p + "conv2", _act(r + biases[p + "temb_proj"]))
+                h = r + (conv(p + "shortcut", h) if p + "shortcut" in self.layers else h)
+                b += 1
+        return (torch.relu(h).sum(dim=(2, 3)) * read).sum(dim=1)
 
-        return [g(y) for y in images]
+    def energies(self, *images: torch.Tensor) -> list[torch.Tensor]:
+        """g of each batch, with one context for all."""
+        context = self.context()
+        return [self.g(y, context) for y in images]
 
     def grads(self, y_pos: torch.Tensor, y_neg: torch.Tensor):
         """The training step: mean(g(y-) - g(y+)) and its gradients in every parameter."""
@@ -183,21 +135,21 @@ class TrainNet:
         return torch.autograd.grad(torch.mean(g_neg - g_pos), self.params)
 
     def max_rel_diff(self, arrays: dict[str, np.ndarray], images: torch.Tensor, term: str):
-        """Largest |torch - drlx| / max|drlx| of mean g on `images` (drlx's `train_{term}`
-        record) and over every parameter's gradient of it."""
+        """Largest |torch - drlx| / max|drlx| of mean g on `images` (drlx's `value_{term}`)
+        and over every parameter's gradient of it (`grad_{term}.*`)."""
         (g,) = self.energies(images)
         value = torch.mean(g)
         grads = torch.autograd.grad(value, self.params)
         worst = 0.0
         for name, grad in zip(self.param_names, grads, strict=True):
-            ref = arrays[f"train_{term}.{name}"]
+            ref = arrays[f"grad_{term}.{name}"]
             got = grad.detach().numpy()
             if got.ndim == 4:  # OIHW -> HWIO
                 got = got.transpose(2, 3, 1, 0)
             elif got.ndim == 2:  # (out, in) -> (in, out)
                 got = got.T
             worst = max(worst, float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) + 1e-30)))
-        ref_value = float(arrays[f"train_{term}.value"])
+        ref_value = float(arrays[f"value_{term}"])
         value_diff = abs(float(value.detach()) - ref_value) / (abs(ref_value) + 1e-30)
         return {"value": value_diff, "grads": worst}
 
@@ -225,9 +177,10 @@ def bench(path: Path, reps: int) -> dict:
     y0, y_neg = _images(arrays["y"]), _images(arrays["y_neg"])
     n = y0.shape[0]
 
-    sampler_net = Net(arrays)
-    with torch.no_grad():
-        g = sampler_net(y0).numpy()
+    net = Net(arrays)
+    with torch.no_grad():  # a chain's network: fixed kernels, level biases and read-out
+        chain_context = net.context()
+        g = net.g(y0, chain_context).numpy()
     g_jax = arrays["g"]
     max_rel_diff = float(np.max(np.abs(g - g_jax)) / (np.max(np.abs(g_jax)) + 1e-30))
 
@@ -238,21 +191,20 @@ def bench(path: Path, reps: int) -> dict:
         y = y0
         for _ in range(CHAIN_STEPS):
             y = y.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(sampler_net(y).sum(), y)
+            (grad,) = torch.autograd.grad(net.g(y, chain_context).sum(), y)
             with torch.no_grad():
                 noise = torch.randn(y.shape, generator=generator)
                 noise = noise.contiguous(memory_format=torch.channels_last)
                 y = y + 0.5 * s2 * grad + s2**0.5 * noise
         return y
 
-    train_net = TrainNet(arrays)
-    diff = {term: train_net.max_rel_diff(arrays, images, term)
+    diff = {term: net.max_rel_diff(arrays, images, term)
             for term, images in (("pos", y0), ("neg", y_neg))}  # fmt: skip
     if max(v for d in diff.values() for v in d.values()) > TRAIN_TOLERANCE:
         raise SystemExit(f"PyTorch's training step is not drlx's: {diff}")
 
     def train():
-        return train_net.grads(y0, y_neg)
+        return net.grads(y0, y_neg)
 
     sample = timed(chain, reps)
     train_t = timed(train, reps)
