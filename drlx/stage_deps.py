@@ -116,13 +116,30 @@ def _package_folder(path: Path, level: int) -> Path:
     return folder
 
 
-def _imported_files(path: Path, bases: list[Path], missing: list | None = None) -> set[Path]:
+def _imported_files(
+    path: Path, bases: list[Path], missing: list | None = None, memo: dict | None = None
+) -> set[Path]:
     """The repository files that importing (or running) `path` executes directly. Imports of a
     repository module that does not exist (an ImportError when they run) go to `missing`, as
-    (path, line, module)."""
+    (path, line, module). `memo`: results kept by file for one pass over a pipeline's stages,
+    whose scripts import mostly the same files (each is then parsed once, not once a stage)."""
+    key = (path, tuple(bases))
+    found = memo.get(key) if memo is not None else None
+    if found is None:
+        found = _scan(path, bases)
+        if memo is not None:
+            memo[key] = found
+    files, lost = found
+    if missing is not None:
+        missing.extend(lost)
+    return set(files)
+
+
+def _scan(path: Path, bases: list[Path]) -> tuple[set[Path], list]:
+    """`_imported_files` of `path`, and its imports of missing modules."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     files: set[Path] = set()
-    missing = [] if missing is None else missing
+    missing: list = []
     for node in _import_nodes(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -157,12 +174,15 @@ def _imported_files(path: Path, bases: list[Path], missing: list | None = None) 
                     submodule = _module_file(package, alias.name)
                     if submodule is not None:
                         files.add(submodule)
-    return files
+    return files, missing
 
 
-def import_graph(script: Path, root: Path, missing: list | None = None) -> dict[Path, set[Path]]:
+def import_graph(
+    script: Path, root: Path, missing: list | None = None, memo: dict | None = None
+) -> dict[Path, set[Path]]:
     """Every file running `script` executes (absolute paths), each with the files it imports;
-    imports of repository modules that do not exist go to `missing` (see `_imported_files`)."""
+    imports of repository modules that do not exist go to `missing` (see `_imported_files`,
+    also for `memo`)."""
     root = Path(root).resolve()
     script = (root / script).resolve()
     bases = [script.parent, root]
@@ -172,17 +192,17 @@ def import_graph(script: Path, root: Path, missing: list | None = None) -> dict[
         path = todo.pop()
         if path in graph:
             continue
-        graph[path] = {f.resolve() for f in _imported_files(path, bases, missing)}
+        graph[path] = {f.resolve() for f in _imported_files(path, bases, missing, memo)}
         todo.extend(f for f in graph[path] if f not in graph)
     return graph
 
 
-def unresolved_imports(script: Path, root: Path) -> list[str]:
+def unresolved_imports(script: Path, root: Path, memo: dict | None = None) -> list[str]:
     """`file:line: module` for each import, reachable from `script`, of a module of the
     repository that does not exist (it would fail when it runs; often a refactor in progress)."""
     root = Path(root).resolve()
     missing: list = []
-    import_graph(script, root, missing)
+    import_graph(script, root, missing, memo)
     return sorted(
         {f"{_rel(path, root)}:{line}: {module}" for path, line, module in missing},
     )
@@ -192,11 +212,11 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
-def code_deps(script: Path, root: Path) -> list[str]:
+def code_deps(script: Path, root: Path, memo: dict | None = None) -> list[str]:
     """The stage script and every repository Python file it imports, transitively: paths
     relative to `root`, posix, sorted. `script` is absolute or relative to `root`."""
     root = Path(root).resolve()
-    inside = (p for p in import_graph(script, root) if p.is_relative_to(root))
+    inside = (p for p in import_graph(script, root, memo=memo) if p.is_relative_to(root))
     return sorted(p.relative_to(root).as_posix() for p in inside)
 
 
@@ -301,8 +321,10 @@ def render(dvc_yaml: Path, root: Path, packages: tuple[str, ...] = (PACKAGE,)) -
     folders = [root / p for p in packages]
     yaml = _yaml()
     data = yaml.load(dvc_yaml.read_text(encoding="utf-8"))
+    memo: dict = {}
     for _, body, wdir, script in _stages(data, dvc_yaml):
-        code = [Path(os.path.relpath(root / p, wdir)).as_posix() for p in code_deps(script, root)]
+        deps_here = code_deps(script, root, memo)
+        code = [Path(os.path.relpath(root / p, wdir)).as_posix() for p in deps_here]
         deps = body.get("deps")
         if deps is None:
             body["deps"] = deps = CommentedSeq()  # a stage with no deps yet
@@ -372,8 +394,9 @@ def warnings(root: Path, paths=None) -> list[str]:
     from a stage's script: the deps written for it miss whatever that module would import."""
     root = Path(root).resolve()
     found: set[str] = set()
+    memo: dict = {}
     for path in _paths(root, paths):
         data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
         for _, _, _, script in _stages(data, path):
-            found.update(unresolved_imports(script, root))
+            found.update(unresolved_imports(script, root, memo))
     return sorted(found)

@@ -170,6 +170,29 @@ def test_code_deps_synthetic_package(tmp_path):
     assert chain == ["scripts/run.py", "pkg/core.py", "pkg/sub/deep.py", "pkg/rel_two.py"]
     assert import_chain(Path("scripts/run.py"), Path("pkg/unused.py"), tmp_path) is None
     assert unresolved_imports(Path("scripts/run.py"), tmp_path) == ["pkg/core.py:20: pkg.gone"]
+    # a memo shared by several scans (as `render` shares one over a pipeline's stages) changes
+    # no answer: the second scan of each file, from the memo, still reports the missing module
+    memo: dict = {}
+    for _ in range(2):
+        assert code_deps(Path("scripts/run.py"), tmp_path, memo) == deps
+        missing = unresolved_imports(Path("scripts/run.py"), tmp_path, memo)
+        assert missing == ["pkg/core.py:20: pkg.gone"]
+    assert len(memo) == len(expected)  # each file scanned once
+
+
+def test_memo_gives_every_real_stage_its_own_deps():
+    """The repository's pipelines with one memo for all their stages: each stage's deps equal
+    a fresh scan's, although its scripts share most files (e.g. stages/sample.py after
+    stages/train.py)."""
+    memo: dict = {}
+    scripts = {
+        script
+        for path in DVC_FILES
+        for _, _, _, script in stage_deps._stages(YAML(typ="safe").load(path.read_text()), path)
+    }
+    for script in sorted(scripts):
+        assert code_deps(script, ROOT, memo) == code_deps(script, ROOT), script
+    assert len(scripts) > 5 and memo
 
 
 def test_render_synthetic_pipeline(tmp_path):
