@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import INITIALIZER, tiny_toy_spec
+from helpers import INITIALIZER, fast_compile_env, tiny_toy_spec
 
 from drlx.builder import build
 from drlx.spec import load_spec
@@ -58,16 +58,17 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path: Path, coop
     spec = _write_spec(tmp_path, steps=400, cooperative=cooperative)
     data = tmp_path / "data.npz"
     prepare = [sys.executable, str(ROOT / "stages/prepare.py"), "--spec", str(spec)]
-    subprocess.run([*prepare, "--out", str(data)], check=True, cwd=ROOT)
+    env = fast_compile_env(cache=tmp_path / "jax_cache")  # the three runs compile once
+    subprocess.run([*prepare, "--out", str(data)], check=True, cwd=ROOT, env=env)
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     fresh = subprocess.run(
-        _train_cmd(spec, data, straight), cwd=ROOT, capture_output=True, text=True
+        _train_cmd(spec, data, straight), cwd=ROOT, capture_output=True, text=True, env=env
     )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "resumed from step" not in fresh.stderr  # a fresh start says nothing of the kind
 
-    proc = subprocess.Popen(_train_cmd(spec, data, killed), cwd=ROOT)
+    proc = subprocess.Popen(_train_cmd(spec, data, killed), cwd=ROOT, env=env)
     deadline = time.time() + 240
     while time.time() < deadline and not [
         s for s in _steps_saved(killed / "checkpoints") if s >= 60
@@ -80,7 +81,7 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path: Path, coop
     assert not (killed / "model.eqx").exists()
 
     resumed = subprocess.run(
-        _train_cmd(spec, data, killed), cwd=ROOT, capture_output=True, text=True
+        _train_cmd(spec, data, killed), cwd=ROOT, capture_output=True, text=True, env=env
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the run says where it resumed, once, and it is the newest checkpoint the kill left whole

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import BATCHES, cifar_records, write_tar
+from helpers import BATCHES, FAST_COMPILE_FLAG, cifar_records, write_tar
 
 from drlx.evaluate.inception import write_synthetic_weights
 from drlx.spec import ExperimentSpec, load_raw
@@ -60,6 +60,7 @@ def _env(repo: Path) -> dict:
         # one persistent XLA cache for every stage process (outside the repository, which stays
         # clean): the Inception network of fid_reference and fid, and shared programs, compile once
         "JAX_COMPILATION_CACHE_DIR": str(repo.parent / "jax_cache"),
+        "XLA_FLAGS": FAST_COMPILE_FLAG,  # tests/helpers.py: compiling is most of these stages
         "DVC_NO_ANALYTICS": "1",
         "COLUMNS": "250",  # the lineage tree unwrapped
         "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import BATCHES, cifar_records, write_imagenet32, write_tar
+from helpers import BATCHES, cifar_records, fast_compile_env, write_imagenet32, write_tar
 from PIL import Image
 
 from drlx.builder import build, build_data
@@ -116,7 +116,7 @@ def test_npz_dataset_trains_from_a_spec_alone(tmp_path: Path):
          str(out / "samples.npz"), "--plot", str(out / "samples.png")],
     ]  # fmt: skip
     for cmd in steps:
-        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=fast_compile_env())
     samples = np.load(out / "samples.npz")["samples"]
     assert samples.shape == (4, 8, 8, 3) and np.all(np.isfinite(samples))
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"

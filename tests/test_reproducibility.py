@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_DENSITY, TINY_PARAMS
+from helpers import FAST_COMPILE_FLAG, TINY_DENSITY, TINY_PARAMS
 from typer.testing import CliRunner, Result
 
 from drlx.audit import Auditor
@@ -45,6 +45,7 @@ def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
         # clean): the run from nothing compiles nothing again (same programs, same numbers)
         "JAX_COMPILATION_CACHE_DIR": str(cwd.parent / "jax_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "XLA_FLAGS": FAST_COMPILE_FLAG,  # tests/helpers.py: compiling is most of these stages
         "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
         "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
     }  # fmt: skip
