@@ -17,10 +17,10 @@ from drlx.models.base import AbstractEnergyNetwork
 # Tests that run the stages as processes (a DVC pipeline, a killed and resumed training) spend
 # most of their minutes compiling, little computing: XLA's CPU backend then compiles without
 # LLVM's optimisation passes (the same XLA programs, their machine code less optimised). On a
-# 2-core machine the killed-and-resumed trainings took 150 s instead of 190 with it (the paper
-# specs' two-iteration runs 184 s instead of 327, but they run in the test's own process). The
-# in-process tests keep the default: the statistical ones run long chains and were up to 3x
-# slower with it.
+# 2-core machine the killed-and-resumed trainings took 106 s instead of 149 with it and a shared
+# compilation cache (the paper specs' two-iteration runs 184 s instead of 327, but they run in
+# the test's own process). The in-process tests keep the default: the statistical ones run long
+# chains and were up to 3x slower with it.
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
