@@ -118,7 +118,7 @@ def _package_folder(path: Path, level: int) -> Path:
 
 def _imported_files(
     path: Path, bases: list[Path], missing: list | None = None, memo: dict | None = None
-) -> set[Path]:
+) -> frozenset[Path]:
     """The repository files that importing (or running) `path` executes directly. Imports of a
     repository module that does not exist (an ImportError when they run) go to `missing`, as
     (path, line, module). `memo`: results kept by file for one pass over a pipeline's stages,
@@ -132,10 +132,10 @@ def _imported_files(
     files, lost = found
     if missing is not None:
         missing.extend(lost)
-    return set(files)
+    return files
 
 
-def _scan(path: Path, bases: list[Path]) -> tuple[set[Path], list]:
+def _scan(path: Path, bases: list[Path]) -> tuple[frozenset[Path], tuple]:
     """`_imported_files` of `path`, and its imports of missing modules."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     files: set[Path] = set()
@@ -174,7 +174,7 @@ def _scan(path: Path, bases: list[Path]) -> tuple[set[Path], list]:
                     submodule = _module_file(package, alias.name)
                     if submodule is not None:
                         files.add(submodule)
-    return files, missing
+    return frozenset(files), tuple(missing)
 
 
 def import_graph(
@@ -313,15 +313,21 @@ def _stages(data, dvc_yaml: Path):
         yield name, body, wdir, script_path
 
 
-def render(dvc_yaml: Path, root: Path, packages: tuple[str, ...] = (PACKAGE,)) -> str:
+def render(
+    dvc_yaml: Path,
+    root: Path,
+    packages: tuple[str, ...] = (PACKAGE,),
+    memo: dict | None = None,
+) -> str:
     """The text of `dvc_yaml` with each `python PATH.py` stage's code deps recomputed; paths
     relative to the stage's wdir (default the dvc.yaml's folder), as DVC reads them. `packages`:
-    the repository's package folders (relative to `root`), whose .py files are code deps."""
+    the repository's package folders (relative to `root`), whose .py files are code deps.
+    `memo`: see `_imported_files` (one for several pipelines of the same code)."""
     dvc_yaml, root = Path(dvc_yaml).resolve(), Path(root).resolve()
     folders = [root / p for p in packages]
     yaml = _yaml()
     data = yaml.load(dvc_yaml.read_text(encoding="utf-8"))
-    memo: dict = {}
+    memo = {} if memo is None else memo
     for _, body, wdir, script in _stages(data, dvc_yaml):
         deps_here = code_deps(script, root, memo)
         code = [Path(os.path.relpath(root / p, wdir)).as_posix() for p in deps_here]
@@ -360,9 +366,10 @@ def check(root: Path, paths=None) -> list[str]:
     """One unified diff (current -> rendered) per dvc.yaml whose deps are stale; none if current."""
     root = Path(root).resolve()
     diffs = []
+    memo: dict = {}  # the pipelines share their code: each file is parsed once for all
     for path in _paths(root, paths):
         current = path.read_text(encoding="utf-8")
-        rendered = render(path, root)
+        rendered = render(path, root, memo=memo)
         if rendered != current:
             name = _rel(path, root)
             lines = difflib.unified_diff(
@@ -379,8 +386,9 @@ def write(root: Path, paths=None) -> list[Path]:
     """Rewrite each dvc.yaml whose deps are stale (atomically); the files changed."""
     root = Path(root).resolve()
     changed = []
+    memo: dict = {}
     for path in _paths(root, paths):
-        rendered = render(path, root)
+        rendered = render(path, root, memo=memo)
         if rendered != path.read_text(encoding="utf-8"):
             tmp = path.with_name(f".{path.name}.drlx-deps.tmp")
             tmp.write_text(rendered, encoding="utf-8")
