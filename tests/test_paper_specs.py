@@ -2,6 +2,7 @@
 (a class-conditional one with its labels, then sampled with classifier-free guidance); an .npz
 dataset trains from a spec alone."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,38 @@ PAPER_SPECS = [
 ]  # fmt: skip
 
 
+def _two_iterations(raw: dict) -> dict:
+    """Train a spec two iterations and generate from it (with classifier-free guidance for a
+    class-conditional one); what the test checks, as JSON. Run in a subprocess of its own
+    (`__main__` below), where XLA compiles without LLVM's optimisation (tests/helpers.py):
+    compiling is most of these runs."""
+    spec = ExperimentSpec.model_validate(raw)
+    exp = build(spec)
+    arrays = build_data(spec.data).splits(spec.seed)
+    cond = exp.conditioning
+    conditions = None if cond is None else cond.values(arrays, "train")
+    state, history = fit(exp, arrays["train"], progress=False, conditions=conditions)
+    found = {
+        "train_shape": list(arrays["train"].shape[1:]),
+        "train_dtype": str(arrays["train"].dtype),
+        "shape": list(exp.shape),
+        "conditional": cond is not None,
+        "step": int(state.step),
+        "last": {k: float(v) for k, v in history[-1].items() if k.endswith("loss")},
+    }
+    if spec.diffusion.num_levels <= 6:  # T1000 generation is 1000 levels long; skip it here
+        ebm = exp.ebm(state.ema, state.initializer_ema)
+        guide = None
+        if cond is not None:  # classes 0 and 999 at the paper's guidance strength
+            classes = np.asarray([[0], [cond.cardinalities[0] - 1]], np.int32)
+            guide = classifier_free(classes, cond.null, 0.7)
+        x = sample_many(ebm, exp.eval_sampler, exp.key("s"), 2, exp.shape, 2, progress=False,
+                        tweedie=exp.tweedie, guide=guide)  # fmt: skip
+        found["samples_shape"] = list(x.shape)
+        found["samples_finite"] = bool(np.all(np.isfinite(x)))
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER_SPECS)
 def test_paper_spec_runs_two_iterations(name: str, tmp_path: Path):
@@ -67,27 +100,21 @@ def test_paper_spec_runs_two_iterations(name: str, tmp_path: Path):
     over = {**SHRINK, "data": data_over}
     if paper.initializer is not None:
         over["initializer"] = SHRINK_INITIALIZER
-    spec = ExperimentSpec.model_validate(_merge(raw, over))
+    shrunk = _merge(raw, over)
+    spec = ExperimentSpec.model_validate(shrunk)
     assert spec.diffusion == paper.diffusion and spec.objective == paper.objective
-    exp = build(spec)
-    arrays = build_data(spec.data).splits(spec.seed)
-    assert arrays["train"].shape[1:] == exp.shape and arrays["train"].dtype == np.float32
-    cond = exp.conditioning
-    assert (cond is None) == (paper.condition is None)
-    conditions = None if cond is None else cond.values(arrays, "train")
-    state, history = fit(exp, arrays["train"], progress=False, conditions=conditions)
-    assert int(state.step) == 2 and np.isfinite(history[-1]["loss"])
+    (tmp_path / "spec.json").write_text(json.dumps(shrunk))
+    cmd = [sys.executable, __file__, str(tmp_path / "spec.json"), str(tmp_path / "found.json")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=fast_compile_env())
+    assert done.returncode == 0, done.stderr
+    found = json.loads((tmp_path / "found.json").read_text())
+    assert found["train_shape"] == found["shape"] and found["train_dtype"] == "float32"
+    assert found["conditional"] == (paper.condition is not None)
+    assert found["step"] == 2 and np.isfinite(found["last"]["loss"])
     if paper.initializer is not None:
-        assert np.isfinite(history[-1]["initializer_loss"])
-    if spec.diffusion.num_levels <= 6:  # T1000 generation is 1000 levels long; skip it here
-        ebm = exp.ebm(state.ema, state.initializer_ema)
-        guide = None
-        if cond is not None:  # classes 0 and 999 at the paper's guidance strength
-            classes = np.asarray([[0], [cond.cardinalities[0] - 1]], np.int32)
-            guide = classifier_free(classes, cond.null, 0.7)
-        x = sample_many(ebm, exp.eval_sampler, exp.key("s"), 2, exp.shape, 2, progress=False,
-                        tweedie=exp.tweedie, guide=guide)  # fmt: skip
-        assert x.shape == (2, *exp.shape) and np.all(np.isfinite(x))
+        assert np.isfinite(found["last"]["initializer_loss"])
+    if spec.diffusion.num_levels <= 6:
+        assert found["samples_shape"] == [2, *found["shape"]] and found["samples_finite"]
 
 
 @pytest.mark.slow
@@ -120,3 +147,9 @@ def test_npz_dataset_trains_from_a_spec_alone(tmp_path: Path):
     samples = np.load(out / "samples.npz")["samples"]
     assert samples.shape == (4, 8, 8, 3) and np.all(np.isfinite(samples))
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+if __name__ == "__main__":  # test_paper_spec_runs_two_iterations's subprocess
+    spec_file, out_file = sys.argv[1:]
+    found = _two_iterations(json.loads(Path(spec_file).read_text()))
+    Path(out_file).write_text(json.dumps(found))
