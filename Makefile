@@ -18,9 +18,11 @@ $(STAMP): requirements.lock pyproject.toml drlx/ops/onednn_conv.cc
 
 env: $(STAMP)
 
-# Main job: the default pipeline (embedded experiments) through DVC.
+# Main job: the default pipeline (embedded experiments) through DVC, JOBS stages at a time
+# (`drlx repro`: most stages keep one core busy; JOBS=1 is plain `dvc repro`'s order).
+JOBS ?= 2
 run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/drlx repro --jobs $(JOBS)
 
 # The paper-scale experiments (datasets, Inception weights and accelerators needed; see README).
 paper: $(STAMP)
@@ -29,7 +31,7 @@ paper: $(STAMP)
 # The downstream tasks (guidance, composition, inpainting; README): conditional experiments trained
 # and asked, on the embedded data, after (and beside) the default pipeline.
 tasks: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro stages/tasks/dvc.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/drlx repro --jobs $(JOBS) stages/tasks/dvc.yaml
 
 # The test suite (what CI runs): one worker per core (pytest-xdist), each test file on one worker
 # (a file's module-scoped fixtures, e.g. a DVC run, are built once).

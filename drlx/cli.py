@@ -1,4 +1,4 @@
-"""The `drlx` command: validate specs, print the spec schema."""
+"""The `drlx` command: validate specs, print the spec schema, audit, report, reproduce."""
 
 import json
 import warnings
@@ -147,6 +147,29 @@ def report(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {md} and {page}")
+
+
+@app.command()
+def repro(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(help="as for `dvc repro`, from the root (default: dvc.yaml)"),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="stages at once")] = 1,
+) -> None:
+    """`dvc repro TARGETS`, running up to JOBS independent stages at once (each stage's output
+    in a log under .dvc/tmp/repro/; one line per start and finish here)."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    from drlx.repro import reproduce
+
+    try:
+        root = Path(Repo.find_root())
+    except NotDvcRepoError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(reproduce(root, list(targets or ["dvc.yaml"]), jobs, typer.echo))
 
 
 @app.command()

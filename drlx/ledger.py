@@ -297,7 +297,9 @@ def io_from_dvc(root: str | Path, addressing: str, argv: list[str]) -> StageIO:
     from dvc.repo import Repo
 
     root = Path(root).resolve()
-    with Repo(str(root)) as repo:
+    # under DVC's repository lock, which `dvc repro` releases while a stage runs: another
+    # `dvc repro` (drlx repro runs several) may be rewriting dvc.lock meanwhile
+    with Repo(str(root), _wait_for_lock=True) as repo, repo.lock:
         stage = _find_stage(repo.index.stages, addressing, Path.cwd(), argv)
 
         def rel(item) -> str:

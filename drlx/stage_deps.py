@@ -12,7 +12,9 @@ importing them (no JAX here), with Python's own rules:
 - a top-level name resolves against the script's folder first (`python stages/train.py` puts
   `stages/` first on sys.path, so `from common import parser` is `stages/common.py`), then the
   repository root (the editable install of `drlx`); a name found in neither place is third-party
-  or standard library, not a dependency.
+  or standard library, not a dependency;
+- a C/C++ source in the folder of an imported module is a dependency too: the extension such a
+  module loads is compiled from it (drlx/ops/onednn_conv.cc, beside drlx/ops/conv.py).
 
 `render` rewrites a dvc.yaml's `deps` lists with these files (ruamel.yaml round trip: comments,
 key order and layout are kept); `write` and `check` apply it to files.
@@ -33,6 +35,7 @@ from ruamel.yaml.comments import CommentedSeq
 # The dvc.yaml files `drlx deps` maintains, relative to the repository root.
 DVC_FILES = ("dvc.yaml", "stages/paper/dvc.yaml", "stages/tasks/dvc.yaml")
 PACKAGE = "drlx"  # the repository's package: its folder and its .py files are code deps
+NATIVE_SUFFIXES = (".c", ".cc", ".cpp", ".h", ".hpp")  # sources of compiled extensions
 
 # `python stages/NAME.py ...` (also python3 / python3.11, options before the script)
 _SCRIPT = re.compile(r"(?:^|\s)python[0-9.]*\s+(?:-\S+\s+)*([^\s'\"]+\.py)(?=\s|$)")
@@ -213,10 +216,14 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def code_deps(script: Path, root: Path, memo: dict | None = None) -> list[str]:
-    """The stage script and every repository Python file it imports, transitively: paths
-    relative to `root`, posix, sorted. `script` is absolute or relative to `root`."""
+    """The stage script and every repository Python file it imports, transitively, and the
+    C/C++ sources beside them (NATIVE_SUFFIXES: compiled into an extension that such a module
+    loads, e.g. drlx/ops/onednn_conv.cc beside drlx/ops/conv.py): paths relative to `root`,
+    posix, sorted. `script` is absolute or relative to `root`."""
     root = Path(root).resolve()
-    inside = (p for p in import_graph(script, root, memo=memo) if p.is_relative_to(root))
+    inside = {p for p in import_graph(script, root, memo=memo) if p.is_relative_to(root)}
+    for folder in {p.parent for p in inside if p.parent != root}:
+        inside.update(f for f in folder.iterdir() if f.suffix in NATIVE_SUFFIXES)
     return sorted(p.relative_to(root).as_posix() for p in inside)
 
 
@@ -262,14 +269,15 @@ def _script_of(cmd: object) -> str | None:
 
 
 def _is_code_dep(entry: object, wdir: Path, script_dir: Path, packages: list[Path]) -> bool:
-    """A dep `render` owns: a package folder itself, a .py file under a package or the script's
-    folder. Anything else (data, models, a subfolder of the package) stays as written."""
+    """A dep `render` owns: a package folder itself, a .py file or a C/C++ source under a
+    package or the script's folder. Anything else (data, models, a subfolder of the package)
+    stays as written."""
     if not isinstance(entry, str) or "${" in entry:
         return False
     path = Path(os.path.normpath(wdir / entry))
     if path in packages:
         return True
-    return path.suffix == ".py" and any(
+    return path.suffix in (".py", *NATIVE_SUFFIXES) and any(
         path.is_relative_to(folder) for folder in (*packages, script_dir)
     )
 

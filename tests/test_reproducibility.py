@@ -1,6 +1,7 @@
 """The pipeline as a user runs it, and the reproducibility gate (CI): a tiny experiment and its
-CDRL twin (with the sweep of the two) in a fresh git repository; `dvc repro` runs every stage,
-a second `dvc repro` runs none, a third (tiny's stages) from nothing gives identical numbers;
+CDRL twin (with the sweep of the two) in a fresh git repository; `drlx repro --jobs 2` (what
+`make run` runs: DVC's stages two at a time) runs every stage, a second `dvc repro` runs none,
+a third (tiny's stages, by `dvc repro`, one at a time) from nothing gives identical numbers;
 `drlx audit --all` passes; tampered copies fail it, naming the file (and the key)."""
 
 import json
@@ -19,6 +20,7 @@ from drlx.cli import app
 from drlx.io import md5_file
 from drlx.ledger import flatten_metrics
 from drlx.report import build_report
+from drlx.repro import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "sample", "evaluate", "density")
@@ -96,15 +98,19 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
 
     # Two runs from nothing (outputs, checkpoints and cache removed; -f: no run-cache shortcut).
     out = repo / "runs/tiny"
-    first = _ok([dvc, "repro"], repo)
-    assert all(f"Running stage '{s}@{e}'" in first for s in STAGES for e in ("tiny", "tiny_cdrl"))
+    first = _ok([Path(sys.executable).parent / "drlx", "repro", "--jobs", "2"], repo)
+    assert first.startswith("11 stages to run, up to 2 at a time")
+    assert all(f"done  {s}@{e} (" in first for s in STAGES for e in ("tiny", "tiny_cdrl"))
+    assert first.rstrip().endswith("Data and pipelines are up to date.")
+    logs = repo / ".dvc/tmp/repro"  # each stage's own output
+    assert "Running stage 'train@tiny'" in (logs / "train@tiny.log").read_text()
     metrics = (out / "metrics.json").read_text()
     swd = json.loads(metrics)["sliced_wasserstein"]
     assert swd["model"]["mean"] > 0 and swd["floor"]["mean"] > 0
     assert json.loads(metrics)["num_draws"] == 2
     for png in ("samples.png", "density.png", "train_loss.png", "steps_sweep.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Running stage 'steps_sweep@tiny'" in first
+    assert "done  steps_sweep@tiny (" in first
     sweep = json.loads((out / "steps_sweep.json").read_text())
     cells = {(r["method"], r["langevin_steps_per_level"]) for r in sweep["rows"]}
     assert cells == {("drl", k) for k in (5, 7, 15, 30)} | {("cdrl", k) for k in (0, 5, 7, 15, 30)}
@@ -125,6 +131,12 @@ def test_pipeline_reproduces_and_audit_catches_tampering(tmp_path: Path, monkeyp
     for path in [*out.glob("*.*"), *(out / "ledger").iterdir()]:
         if not path.name.startswith("steps_sweep"):
             path.unlink()
+    # what `drlx repro` would run now: tiny's stages, inputs first, and the sweep below them
+    plan = make_plan(repo, ["dvc.yaml"])
+    assert set(plan.stages) == {f"{s}@tiny" for s in STAGES} | {"steps_sweep@tiny"}
+    assert plan.stages.index("prepare@tiny") < plan.stages.index("train@tiny")
+    # its data and tiny's model (tiny_cdrl's model is up to date)
+    assert plan.upstream["steps_sweep@tiny"] == {"prepare@tiny", "train@tiny"}
     shutil.rmtree(repo / ".dvc/cache")
     # tiny's five stages (-f with targets forces their upstream too); the sweep, which reads
     # tiny's model, stays valid only if that model comes back byte for byte (the audit below)

@@ -76,7 +76,8 @@ def test_render_is_stable_and_only_touches_deps(name, tmp_path):
 def test_code_deps_synthetic_package(tmp_path):
     """Closure over every import form; package inits in; function-level imports in;
     TYPE_CHECKING imports out (their else branch in); stdlib and third-party out; a script's
-    sibling wins over a same-named module at the root."""
+    sibling wins over a same-named module at the root; a C/C++ source beside an imported module
+    in (the extension it loads is built from it), one in a folder nothing imports from out."""
     _write(
         tmp_path,
         {
@@ -113,6 +114,10 @@ def test_code_deps_synthetic_package(tmp_path):
                 thing = 1
                 """,
             "pkg/sub/sibling.py": "",
+            "pkg/sub/kernel.cc": "// compiled into an extension that pkg.sub loads\n",
+            "pkg/sub/notes.txt": "",
+            "pkg/unimported/__init__.py": "",
+            "pkg/unimported/kernel.cc": "",
             "pkg/helpers.py": "import numpy\n\nhelper = 1\n",
             "pkg/rel_two.py": "",
             "pkg/lazy.py": "",
@@ -155,6 +160,7 @@ def test_code_deps_synthetic_package(tmp_path):
         "pkg/sub/__init__.py",
         "pkg/sub/deep.py",
         "pkg/sub/sibling.py",
+        "pkg/sub/kernel.cc",
         "pkg/rel_two.py",
         "pkg/helpers.py",
         "pkg/lazy.py",
@@ -177,7 +183,7 @@ def test_code_deps_synthetic_package(tmp_path):
         assert code_deps(Path("scripts/run.py"), tmp_path, memo) == deps
         missing = unresolved_imports(Path("scripts/run.py"), tmp_path, memo)
         assert missing == ["pkg/core.py:20: pkg.gone"]
-    assert len(memo) == len(expected)  # each file scanned once
+    assert len(memo) == len(expected) - 1  # each Python file scanned once
 
 
 def test_memo_gives_every_real_stage_its_own_deps():
