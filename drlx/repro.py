@@ -14,8 +14,8 @@ every stage it depends on has finished; among ready stages the one on the longes
 path goes first, timed by the wall times that the stages' ledger records hold from the last run.
 Each stage's output goes to a log file; the terminal gets one line per start and finish. After a
 failure no new stage starts, running ones finish (nothing is lost), and the command fails naming
-the stage and its log. After success a final `dvc repro` of the targets checks that nothing is
-left to run (and runs it, one at a time, if something is).
+the stage and its log. After success the targets are planned again: a stage changed meanwhile
+gets a second round, and one still changed after that is an error.
 
 A stage's numbers do not depend on what runs beside it: XLA splits work by the number of
 threads, not by the load (tests/test_reproducibility.py compares a parallel run with a
@@ -152,9 +152,12 @@ def run_plan(
                     echo(f"[{len(done):>3}/{total}] done  {stage} ({seconds:.0f} s)")
                 else:
                     failed = failed or stage
-                    log = _log_path(root, stage).relative_to(root)
-                    echo(f"failed: {stage} (exit {code}, {seconds:.0f} s); its log, {log}:")
-                    echo(_tail(_log_path(root, stage)))
+                    log = _log_path(root, stage)
+                    echo(
+                        f"failed: {stage} (exit {code}, {seconds:.0f} s); its log, "
+                        f"{log.relative_to(root)}:"
+                    )
+                    echo(_tail(log))
     except KeyboardInterrupt:
         # the terminal's Ctrl-C reached the stages too (one process group); let them stop
         for proc, _ in running.values():
@@ -169,19 +172,16 @@ def reproduce(
     """`dvc repro TARGETS` with up to `jobs` stages at once; returns the exit status. Planned
     again after the run: a workspace changed meanwhile gets a second round, as a second
     `dvc repro` would give it."""
-    for _ in range(2):
-        plan = make_plan(root, targets)
-        if not plan.stages:
-            echo("Data and pipelines are up to date.")
-            return 0
+    rounds = 0
+    while (plan := make_plan(root, targets)).stages:
+        if rounds == 2:
+            echo(f"error: still changed after two rounds: {', '.join(plan.stages)}")
+            return 1
+        rounds += 1
         echo(f"{len(plan.stages)} stages to run, up to {jobs} at a time; logs in {LOG_DIR}/")
         failed = run_plan(root, plan, jobs, echo)
         if failed is not None:
             echo(f"error: stage {failed} failed; the stages that finished are kept")
             return 1
-    left = make_plan(root, targets).stages
-    if left:
-        echo(f"error: still changed after two rounds: {', '.join(left)}")
-        return 1
     echo("Data and pipelines are up to date.")
     return 0
