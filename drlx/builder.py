@@ -165,8 +165,14 @@ def build_tasks(spec: ExperimentSpec, conditioning: Conditioning | None) -> Task
     names = [name for name, _ in compositions]
     if len(set(names)) != len(names):
         refuse(("tasks", "compositions"), f"composition names must differ: {names}")
+    chain = tasks.chain
     return TaskSettings(
-        tuple(tasks.guidance_weights), tuple(compositions), tasks.num_samples, tasks.num_draws
+        tuple(tasks.guidance_weights),
+        tuple(compositions),
+        tasks.num_samples,
+        tasks.num_draws,
+        None if chain is None else chain.num_steps,
+        1.0 if chain is None else chain.step_scale,
     )
 
 

@@ -83,12 +83,17 @@ class TaskSettings:
         compositions: (name, ((condition vector, weight), ...)) of each composition.
         num_samples: samples per guidance strength and per composition.
         num_draws: draws behind the sample-quality numbers at each strength.
+        chain_steps: Langevin steps per level of guided and composed chains (None:
+            generation's).
+        step_scale: their step size as a fraction of the level's s_t^2.
     """
 
     guidance_weights: tuple[float, ...]
     compositions: tuple[tuple[str, tuple[tuple[tuple[int, ...], float], ...]], ...]
     num_samples: int
     num_draws: int
+    chain_steps: int | None = None
+    step_scale: float = 1.0
 
 
 class AISSettings(NamedTuple):

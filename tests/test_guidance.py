@@ -335,3 +335,35 @@ def test_readme_tasks_example_builds(tmp_path):
     spec.write_text(digits + "\n" + commented + "\n")
     exp = build(load_spec(spec))
     assert exp.conditioning.on == "class" and exp.tasks.guidance_weights == (0.0, 0.5, 1.0, 2.0)
+
+
+def test_guided_chain_runs_the_tasks_steps_and_step_scale(tmp_path, monkeypatch):
+    """`tasks.chain` sets the steps per level and scales every level's step size of guided and
+    composed chains (and nothing else); a step scale above 1 is refused at its line."""
+    import drlx.evaluate.guided as guided
+
+    terms = [{"condition": {"right_half": 1}, "weight": 2.0}]
+    tasks = {"compositions": [{"name": "right", "terms": terms}], "num_samples": 8}
+    condition = {"on": "attributes", "attributes": ["right_half"], "p_uncond": 0.5}
+    plain_exp = build(load_spec(tiny_toy_spec(
+        tmp_path / "a.yaml", "a", condition=condition, tasks=tasks, sampler={"num_steps": 3}
+    )))  # fmt: skip
+    chained = {**tasks, "chain": {"num_steps": 7, "step_scale": 0.25}}
+    exp = build(load_spec(tiny_toy_spec(
+        tmp_path / "b.yaml", "b", condition=condition, tasks=chained, sampler={"num_steps": 3}
+    )))  # fmt: skip
+    ebm = exp.ebm(exp.init_network())
+    same_exp, same_ebm = guided.guided_chain(plain_exp, ebm)
+    assert same_exp is plain_exp and same_ebm is ebm
+    seen = []
+    monkeypatch.setattr(
+        guided, "sample", lambda e, m, num, *a: seen.append((e, m)) or np.zeros((num, 2))
+    )
+    guided.composition_results(exp, ebm, lambda s: np.zeros((len(s), 1), int), log=print)
+    ((used_exp, used_ebm),) = seen
+    assert used_exp.eval_sampler.num_steps == 7 and exp.eval_sampler.num_steps == 3
+    np.testing.assert_allclose(used_ebm.step_sq, 0.25 * np.asarray(ebm.step_sq), rtol=1e-7)
+    assert type(used_exp.eval_sampler) is type(exp.eval_sampler)
+    bad = {**tasks, "chain": {"num_steps": 7, "step_scale": 2.0}}
+    with pytest.raises(SpecError, match=r"c.yaml:\d+: tasks.chain.step_scale"):
+        load_spec(tiny_toy_spec(tmp_path / "c.yaml", "c", condition=condition, tasks=bad))

@@ -4,9 +4,11 @@ classifier assigns to the requested class, and the Frechet distance in its featu
 strength w), and products of experts over conditions (the share of samples inside the target
 set: the toy plane's quadrant, the digits' class set)."""
 
+import dataclasses
 import time
 from collections.abc import Callable
 
+import equinox as eqx
 import numpy as np
 from scipy.stats import binomtest
 
@@ -29,6 +31,18 @@ def share_with_interval(hits: np.ndarray) -> dict:
     }  # fmt: skip
 
 
+def guided_chain(exp: Experiment, ebm: ConditionalEBM) -> tuple[Experiment, ConditionalEBM]:
+    """The experiment and EBMs whose generation runs the spec's guided chain (`tasks.chain`:
+    its steps per level, each level's step size s_t^2 times its step scale); both unchanged
+    without one."""
+    tasks = exp.tasks
+    if tasks.chain_steps is None:
+        return exp, ebm
+    sampler = dataclasses.replace(exp.eval_sampler, num_steps=tasks.chain_steps)
+    scaled = eqx.tree_at(lambda e: e.step_sq, ebm, ebm.step_sq * tasks.step_scale)
+    return dataclasses.replace(exp, eval_sampler=sampler), scaled
+
+
 def guidance_sweep(
     exp: Experiment,
     ebm: ConditionalEBM,
@@ -44,6 +58,7 @@ def guidance_sweep(
     Returns:
         {"rows": [{"w", "class_accuracy", "fd_over_floor", "fd_digits_features", ...}], ...}.
     """
+    exp, ebm = guided_chain(exp, ebm)
     tasks, cond = exp.tasks, exp.conditioning
     num = tasks.num_samples
     wanted = requested_classes(num, cond.cardinalities[0])
@@ -109,6 +124,7 @@ def composition_results(
     Returns:
         ({name: {"share_in_target", "terms", "seconds"}}, {name: samples}).
     """
+    exp, ebm = guided_chain(exp, ebm)
     cond = exp.conditioning
     out, samples_of = {}, {}
     for name, terms in exp.tasks.compositions:

@@ -4,7 +4,7 @@ after training (not in the training hash)."""
 
 from pydantic import Field
 
-from drlx.spec.base import Block, Examples
+from drlx.spec.base import Block, ChainSteps, Examples
 
 
 class Term(Block):
@@ -24,6 +24,17 @@ class Composition(Block):
     terms: tuple[Term, ...] = Field(strict=False, min_length=1, max_length=16)
 
 
+class GuidedChain(Block):
+    """The chain of guided and composed generation when it should differ from generation's:
+    num_steps steps per level of step_scale times the level's step size s_t^2. A guided target
+    sum_j w_j f(y | c_j) is stiffer than one network's f (its weights add up in the gradient's
+    Lipschitz constant), and ULA's bias grows with step size times stiffness (docs/method.md
+    §12.3): compositions with large weights need a smaller step."""
+
+    num_steps: ChainSteps
+    step_scale: float = Field(gt=0, le=1)
+
+
 class Tasks(Block):
     """Guided and composed generation of a conditional model (needs a `condition:` block)."""
 
@@ -37,3 +48,5 @@ class Tasks(Block):
     num_samples: Examples = 1000
     # independent draws behind the sample-quality numbers at each guidance strength
     num_draws: int = Field(5, ge=2, le=10_000)
+    # guided and composed chains (same sampler kind as generation); None: generation's chain
+    chain: GuidedChain | None = None
