@@ -332,6 +332,7 @@ def test_readme_tasks_example_builds(tmp_path):
     spec.write_text(digits + "\n" + block)
     exp = build(load_spec(spec))
     assert exp.conditioning.names == ("even", "at_least_5") and len(exp.tasks.compositions) == 1
+    assert (exp.tasks.chain_steps, exp.tasks.step_scale) == (40, 0.25)
     spec.write_text(digits + "\n" + commented + "\n")
     exp = build(load_spec(spec))
     assert exp.conditioning.on == "class" and exp.tasks.guidance_weights == (0.0, 0.5, 1.0, 2.0)
@@ -364,6 +365,10 @@ def test_guided_chain_runs_the_tasks_steps_and_step_scale(tmp_path, monkeypatch)
     assert used_exp.eval_sampler.num_steps == 7 and exp.eval_sampler.num_steps == 3
     np.testing.assert_allclose(used_ebm.step_sq, 0.25 * np.asarray(ebm.step_sq), rtol=1e-7)
     assert type(used_exp.eval_sampler) is type(exp.eval_sampler)
+    # a tasks block without a chain keeps the hash it had before `chain` existed
+    plain_spec = load_spec(tmp_path / "a.yaml")
+    assert "chain" not in plain_spec.scientific_dict()["tasks"]
+    assert load_spec(tmp_path / "b.yaml").scientific_dict()["tasks"]["chain"]["num_steps"] == 7
     bad = {**tasks, "chain": {"num_steps": 7, "step_scale": 2.0}}
     with pytest.raises(SpecError, match=r"c.yaml:\d+: tasks.chain.step_scale"):
         load_spec(tiny_toy_spec(tmp_path / "c.yaml", "c", condition=condition, tasks=bad))

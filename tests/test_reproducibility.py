@@ -25,7 +25,8 @@ from drlx.repro import make_plan
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "sample", "evaluate", "density")
 
-TINY = """\
+TINY = (
+    """\
 extends: bases/toy2d.yaml
 name: tiny
 data: {name: two_moons, num_train: 1000, num_heldout: 200}
@@ -35,7 +36,9 @@ train: {num_steps: 20, batch_size: 32, log_every: 10}
 evaluate: {num_samples: 200, num_projections: 16, heatmap_resolution: 16, num_draws: 2,
   draw_size: 100}
 runtime: {progress: false}
-""" + TINY_DENSITY
+"""
+    + TINY_DENSITY
+)
 
 
 def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:

@@ -326,9 +326,8 @@ def test_report_and_audit_are_no_stage_dep():
             )
             for module in ("drlx/report.py", "drlx/audit.py", "drlx/cli.py"):
                 # the import chain is traced for the message only, i.e. when the check fails
-                assert module not in deps, (
-                    f"{path.name}:{name}: "
-                    + " -> ".join(import_chain(Path(script), Path(module), ROOT) or [])
+                assert module not in deps, f"{path.name}:{name}: " + " -> ".join(
+                    import_chain(Path(script), Path(module), ROOT) or []
                 )
 
 
