@@ -150,6 +150,7 @@ def q_sample_pair(
     Returns:
         x_t and x_{t+1}, each shaped like x0.
     """
+
     def rows(v):
         return broadcast_to_example(v, x0)
 

@@ -14,6 +14,7 @@ stages/common.py arms a `StageRun` when the arguments are parsed and finishes it
 hand writes one only with DRLX_LEDGER=1 (outputs: arguments whose help starts with "output").
 """
 
+import contextlib
 import datetime
 import hashlib
 import importlib.metadata
@@ -166,6 +167,26 @@ def pipeline_outputs(root: str | Path, locks: list[str] | None = None) -> list[s
     return locks + [out for lock in locks for out in _lock_outputs(root, lock)]
 
 
+@contextlib.contextmanager
+def dvc_lock(root: str | Path):
+    """Hold DVC's repository lock (waiting for it) while reading its files; yields the `Repo`,
+    or None outside a DVC repository. `dvc repro` releases the lock while a stage's command
+    runs, and another `dvc repro` (drlx repro runs several) may be rewriting dvc.lock
+    meanwhile: read unlocked, it can be half-written."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(root), _wait_for_lock=True)
+    except NotDvcRepoError:
+        repo = None
+    if repo is None:
+        yield None
+        return
+    with repo, repo.lock:
+        yield repo
+
+
 def git_info(root: str | Path) -> dict:
     """Commit of HEAD and the tracked files that differ from it; "unknown" without git. The
     tree counts as dirty when anything but the pipeline's own outputs differs (a re-run rewrites
@@ -184,7 +205,8 @@ def git_info(root: str | Path) -> dict:
     except (OSError, subprocess.SubprocessError):  # no git, not a repository, no commit yet
         return {"commit": "unknown", "dirty": "unknown", "modified": []}
     modified = [line[3:].split(" -> ")[-1].removeprefix(prefix) for line in lines]
-    outputs = pipeline_outputs(root, locks)
+    with dvc_lock(root):
+        outputs = pipeline_outputs(root, locks)
 
     def managed(m: str) -> bool:  # an output, or the .gitignore DVC keeps next to outputs
         folder = m.removesuffix(".gitignore") if m.endswith("/.gitignore") else None
@@ -294,12 +316,9 @@ def _find_stage(stages, addressing: str, cwd: Path, argv: list[str]):
 def io_from_dvc(root: str | Path, addressing: str, argv: list[str]) -> StageIO:
     """The stage's deps, params and outs as dvc.yaml declares them (foreach resolved by DVC)."""
     from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
 
     root = Path(root).resolve()
-    # under DVC's repository lock, which `dvc repro` releases while a stage runs: another
-    # `dvc repro` (drlx repro runs several) may be rewriting dvc.lock meanwhile
-    with Repo(str(root), _wait_for_lock=True) as repo, repo.lock:
+    with dvc_lock(root) as repo:
         stage = _find_stage(repo.index.stages, addressing, Path.cwd(), argv)
 
         def rel(item) -> str:

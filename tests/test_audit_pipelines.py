@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 
 from drlx.audit import Auditor, find_root
 from drlx.cli import app
+from drlx.ledger import dvc_lock, git_info
 from drlx.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +193,32 @@ def test_every_dvc_lock_is_read_and_rebased_to_the_root(repo):
     for path in auditor.metrics_files():
         result = auditor.audit(str(repo / path))
         assert result.ok, (path, result.problems)
+
+
+def test_git_info_reads_dvc_lock_only_under_dvcs_lock(repo, tmp_path):
+    """A stage's record says whether code differed from the commit; the pipeline's outputs
+    (dvc.lock, and what it records) do not count. Another `dvc repro` rewriting dvc.lock holds
+    DVC's lock: read meanwhile, a half-written lock names no outputs, and every committed
+    output the run rewrote would count as code."""
+    clone = tmp_path / "clone"
+    shutil.copytree(repo, clone, symlinks=True)
+    _run(["git", "add", "-A", "-f", "dvc.lock", "runs"], clone)
+    _run(["git", "commit", "-qm", "outputs"], clone)
+    lock, out = clone / "dvc.lock", clone / "runs/root/m.json"
+    whole = lock.read_text()
+    assert "runs/root/m.json" in whole
+    found: dict = {}
+    with edited(out, '{"rewritten": 1}'):
+        with dvc_lock(clone):  # as `dvc repro` does while it writes the lock
+            lock.write_text(whole[: whole.index("runs/root/m.json") - 40])
+            reader = threading.Thread(target=lambda: found.update(git_info(clone)))
+            reader.start()
+            reader.join(timeout=5)
+            assert reader.is_alive(), f"read the half-written lock: {found}"
+            lock.write_text(whole)
+        reader.join(timeout=120)
+    assert "runs/root/m.json" in found["modified"]
+    assert found["dirty"] is False, found
 
 
 @pytest.mark.slow

@@ -27,9 +27,10 @@ class Composition(Block):
 class GuidedChain(Block):
     """The chain of guided and composed generation when it should differ from generation's:
     num_steps steps per level of step_scale times the level's step size s_t^2. A guided target
-    sum_j w_j f(y | c_j) is stiffer than one network's f (its weights add up in the gradient's
-    Lipschitz constant), and ULA's bias grows with step size times stiffness (docs/method.md
-    §12.3): compositions with large weights need a smaller step."""
+    sum_j w_j f(y | c_j) is stiffer than one network's f (its Hessian adds each condition's
+    curvature difference from the unconditional network, times its weight), and ULA's bias
+    grows with step size times stiffness (docs/method.md §12.3): compositions with large
+    weights need a smaller step."""
 
     num_steps: ChainSteps
     step_scale: float = Field(gt=0, le=1)
