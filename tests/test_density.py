@@ -84,9 +84,11 @@ def closed_form_bound(schedule, centre, var, x0) -> np.ndarray:
 SETTINGS = AISSettings(num_chains=32, num_temperatures=100)
 
 
-def run_bound(ebm, x0, seed=0):
+def run_bound(ebm, x0, seed=0, log_density=None):
     top = TopBase(jnp.zeros(DIM), jnp.asarray(1.0))
-    return path_bound(ebm, x0, jax.random.key(seed), SETTINGS, top, 2048, 64)
+    return path_bound(
+        ebm, x0, jax.random.key(seed), SETTINGS, top, 2048, 64, log_density=log_density
+    )
 
 
 def test_exact_reverse_conditionals_give_the_data_log_density(schedule):
@@ -100,7 +102,14 @@ def test_exact_reverse_conditionals_give_the_data_log_density(schedule):
     centre = (scale_y * ct[:num])[:, None] * mu
     ebm = quadratic_ebm(schedule, centre, scale_y**2 * v)
     x0 = mu + np.sqrt(s2) * np.random.default_rng(0).standard_normal((64, DIM))
-    res = run_bound(ebm, x0.astype(np.float32))
+
+    def log_q(x, scale, noise_std):  # the data diffused: N(scale mu, (scale^2 s2 + std^2) I)
+        var = scale**2 * s2 + noise_std**2
+        return -np.sum((x - scale * mu) ** 2, axis=1) / (2 * var) - 0.5 * DIM * np.log(
+            2 * np.pi * var
+        )
+
+    res = run_bound(ebm, x0.astype(np.float32), log_density=log_q)
     exact = -np.sum((x0 - mu) ** 2, axis=1) / (2 * s2) - 0.5 * DIM * np.log(2 * np.pi * s2)
     err = res.per_example - exact  # no path variance: only the AIS errors are left
     se = np.sqrt(np.sum(res.log_z_se**2, axis=1) + res.top_log_z_se**2)
@@ -108,6 +117,11 @@ def test_exact_reverse_conditionals_give_the_data_log_density(schedule):
     assert abs(np.mean(err)) < 4 * np.sqrt(np.sum(se**2)) / len(err) + 5e-3
     assert np.mean(se) < 0.15  # AIS is precise enough for the check to mean something
     np.testing.assert_allclose(res.terms.sum(axis=1), res.per_example, rtol=1e-6)
+    # the true process's terms: they add up to log q(x_0) exactly, and the exact model matches
+    # them level by level on every path (its KL from the truth is 0 at each level)
+    np.testing.assert_allclose(res.reference_terms.sum(axis=1), exact, rtol=1e-5, atol=1e-5)
+    level_se = np.concatenate([res.log_z_se, np.full((len(x0), 1), res.top_log_z_se)], axis=1)
+    assert np.all(np.abs(res.reference_terms - res.terms) < 5 * level_se + 1e-3)
 
 
 def test_wrong_quadratic_energy_matches_the_closed_form_bound(schedule):

@@ -131,3 +131,25 @@ def test_log_density_finite_far_away(name):
     assert out.dtype == np.float64 and out.shape == (4,)
     assert np.all(np.isfinite(out))
     assert out[0] < -1000 and out[0] < out[3]
+
+
+@pytest.mark.parametrize("name", TOY_NAMES)
+def test_diffused_density_is_the_gaussian_blur_of_the_scaled_toy(name):
+    """log q of scale * x + noise_std * eps against an independent computation: the toy's own
+    density of scale * x on a fine grid, blurred by the noise (scipy's Gaussian filter)."""
+    from scipy.ndimage import gaussian_filter
+
+    scale, noise_std, h = 0.8, 0.1, 0.01
+    c = np.arange(-1.6 + h / 2, 1.6, h)
+    pts = np.stack([g.ravel() for g in np.meshgrid(c, c, indexing="ij")], axis=1)
+    scaled = np.exp(toy_log_density(name, pts / scale)).reshape(len(c), len(c)) / scale**2
+    blurred = gaussian_filter(scaled, noise_std / h, mode="constant", truncate=8.0)
+    assert abs(blurred.sum() * h * h - 1.0) < 1e-3  # the grid holds the diffused mass
+    exact = np.exp(toy_log_density(name, pts, scale, noise_std)).reshape(len(c), len(c))
+    mask = exact > 0.01 * exact.max()
+    np.testing.assert_allclose(blurred[mask], exact[mask], rtol=2e-3)
+    np.testing.assert_allclose(
+        toy_log_density(name, pts[:50], 1.0, 0.0), toy_log_density(name, pts[:50]), rtol=0
+    )
+    with pytest.raises(ValueError, match="scale > 0"):
+        toy_log_density(name, pts[:3], 0.0, 0.1)

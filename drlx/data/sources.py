@@ -49,9 +49,10 @@ class Toy2D:
         """The std of the Gaussian noise around every clean point."""
         return toy_noise_std(self.name)
 
-    def log_density(self, x: np.ndarray) -> np.ndarray:
-        """The true log-density of each point."""
-        return toy_log_density(self.name, x)
+    def log_density(self, x: np.ndarray, scale: float = 1.0, noise_std: float = 0.0) -> np.ndarray:
+        """The true log-density of each point; with `scale` and `noise_std`, of the data diffused
+        to scale * x + noise_std * eps (a level's marginal)."""
+        return toy_log_density(self.name, x, scale, noise_std)
 
 
 @dataclass(frozen=True)

@@ -201,12 +201,21 @@ def toy_noise_std(name: str) -> float:
     return float(_get(name).sigma)
 
 
-def toy_log_density(name: str, points: np.ndarray) -> np.ndarray:
-    """Exact log-density of the distribution `sample_toy(name, ...)` draws from.
+def toy_log_density(
+    name: str, points: np.ndarray, scale: float = 1.0, noise_std: float = 0.0
+) -> np.ndarray:
+    """Exact log-density of the distribution `sample_toy(name, ...)` draws from, or of that
+    distribution diffused: of scale * x + noise_std * eps with x from the toy and eps ~ N(0, I).
+
+    The toy is a clean point c plus N(0, sigma² I), so its diffused version is scale * c plus
+    N(0, (scale² sigma² + noise_std²) I): the same closed form (or quadrature) with the clean
+    points scaled and a wider noise.
 
     Arguments:
         name: one of `TOY_NAMES`.
         points: array of shape (M, 2).
+        scale: the contraction of the data (abar of a diffusion level; > 0).
+        noise_std: the std of the Gaussian noise added after it (sigmabar; >= 0).
 
     Returns:
         float64 array of shape (M,): closed form for eight_gaussians/checkerboard, quadrature
@@ -216,12 +225,17 @@ def toy_log_density(name: str, points: np.ndarray) -> np.ndarray:
     x = np.asarray(points, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"points must have shape (M, 2), got {x.shape}")
+    if not scale > 0 or not noise_std >= 0:
+        raise ValueError(f"need scale > 0 and noise_std >= 0, got {scale} and {noise_std}")
+    std = float(np.hypot(scale * toy.sigma, noise_std))
     if toy.kind == "points":
         log_w = np.full(len(toy.points), -np.log(len(toy.points)))
-        return _mixture_log_density(x, toy.points, log_w, toy.sigma)
+        return _mixture_log_density(x, scale * toy.points, log_w, std)
     if toy.kind == "squares":
-        rel = (x[:, None, :] - toy.points[None, :, :]) / toy.sigma  # (M, K, 2)
-        per_dim = _log_cdf_diff(rel, rel - toy.width / toy.sigma) - np.log(toy.width)
+        width = scale * toy.width
+        rel = (x[:, None, :] - scale * toy.points[None, :, :]) / std  # (M, K, 2)
+        per_dim = _log_cdf_diff(rel, rel - width / std) - np.log(width)
         return logsumexp(per_dim.sum(axis=-1), axis=1) - np.log(len(toy.points))
+    # the panels are at most 2 sigma long in data space: 2 scale sigma <= 2 std once scaled
     nodes, log_w = _curve_nodes(name)
-    return _mixture_log_density(x, nodes, log_w, toy.sigma)
+    return _mixture_log_density(x, scale * nodes, log_w, std)

@@ -9,8 +9,14 @@ with log p(y | x~) = f_t(y) - ||y - x~||^2 / (2 sigma_{t+1}^2) - log Z_t(x~) and
 the top level is log p(x_{T-1}) = f_{T-1}(x_{T-1}) - log Z_top. Each held-out x_0 gets one path
 x_1 .. x_{T-1} from q; its value is an unbiased estimate of its bound (up to the AIS error), and
 the mean over examples estimates the expected bound.
+
+Where the data's density q is known (2D toys), the same path also gives the true process's
+terms, log q_t(x_t) - log q_{t+1}(x_{t+1}) below the top and log q_{T-1}(x_{T-1}) at it (they
+sum to log q(x_0)). True minus model at level t is log q(x_t | x_{t+1}) - log p(x_t | x_{t+1}),
+whose mean is that level's expected KL divergence: the held-out gap, level by level.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -37,6 +43,9 @@ class BoundResult(NamedTuple):
         log_z: (N, T-1) AIS log Z_t(x_{t+1}) of the tethered levels; log_z_se their errors.
         acceptance: (N, T-1) MALA acceptance of those AIS runs.
         top_log_z, top_log_z_se, top_acceptance: the top level's (one number each).
+        reference_terms: (N, T) the true process's level terms on the same paths, when the
+            data's density was given (else None); reference_terms - terms estimates each
+            level's KL divergence from the truth.
     """
 
     per_example: np.ndarray
@@ -47,6 +56,7 @@ class BoundResult(NamedTuple):
     top_log_z: float
     top_log_z_se: float
     top_acceptance: float
+    reference_terms: np.ndarray | None = None
 
     def mean_and_se(self) -> tuple[float, float]:
         """Mean bound over examples and its standard error: the spread over examples (which
@@ -65,6 +75,29 @@ def forward_path(ebm: ConditionalEBM, x0: Array, key: PRNGKeyArray) -> Array:
         eps = per_example_normal(keys, t, x0)
         path.append(ebm.schedule.a[t + 1] * path[-1] + ebm.schedule.sigma[t + 1] * eps)
     return jnp.stack(path)
+
+
+def path_marginals(ebm: ConditionalEBM) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and noise std of x_t given x_0 along `forward_path`, t = 0 .. T-1 (float64):
+    x_t = scale_t x_0 + std_t eps, from x_0 itself (scale 1, std 0)."""
+    a, sigma = (np.asarray(v, np.float64) for v in (ebm.schedule.a, ebm.schedule.sigma))
+    scale, std = [1.0], [0.0]
+    for t in range(ebm.schedule.num_levels - 1):
+        scale.append(a[t + 1] * scale[-1])
+        std.append(float(np.hypot(a[t + 1] * std[-1], sigma[t + 1])))
+    return np.array(scale), np.array(std)
+
+
+LogDensity = Callable[[np.ndarray, float, float], np.ndarray]  # (x, scale, noise_std) -> log q
+
+
+def reference_terms(ebm: ConditionalEBM, path: Array, log_density: LogDensity) -> np.ndarray:
+    """(N, T) level terms of the true process on `path` (see the module docstring), from
+    `log_density(x, scale, noise_std)`, the log-density of scale x_0 + noise_std eps."""
+    scale, std = path_marginals(ebm)
+    flat = np.asarray(path, np.float64).reshape(len(scale), path.shape[1], -1)
+    log_q = np.stack([log_density(flat[t], scale[t], std[t]) for t in range(len(scale))])
+    return np.concatenate([log_q[:-1] - log_q[1:], log_q[-1:]]).T
 
 
 @eqx.filter_jit
@@ -95,6 +128,7 @@ def path_bound(
     chunk: int,
     mesh: Mesh | None = None,
     progress: bool = False,
+    log_density: LogDensity | None = None,
 ) -> BoundResult:
     """Estimate the bound on log p(x_0) of each example (nats).
 
@@ -109,6 +143,9 @@ def path_bound(
         chunk: AIS problems per jitted call (a multiple of the device count).
         mesh: devices to split AIS problems over.
         progress: show a progress bar.
+        log_density: the data's true log-density, diffused: (x, scale, noise_std) -> log q of
+            scale x_0 + noise_std eps (2D toys); given, the result holds the true process's
+            level terms on the same paths.
 
     Returns:
         BoundResult.
@@ -142,6 +179,7 @@ def path_bound(
         top_log_z=top_log_z,
         top_log_z_se=top_se,
         top_acceptance=float(np.mean(top_res.acceptance)),
+        reference_terms=None if log_density is None else reference_terms(ebm, path, log_density),
     )
 
 

@@ -13,10 +13,16 @@ def _save(fig: Figure, path) -> None:
 
 
 def ais_vs_quadrature(
-    path, ais: np.ndarray, quad: np.ndarray, levels: np.ndarray, bound_terms: np.ndarray, title: str
+    path,
+    ais: np.ndarray,
+    quad: np.ndarray,
+    levels: np.ndarray,
+    bound_terms: np.ndarray,
+    title: str,
+    true_terms: np.ndarray | None = None,
 ) -> None:
     """Toys: AIS against quadrature log Z coloured by level, their difference per level, and the
-    held-out bound's mean contribution per level.
+    held-out bound's mean contribution per level (next to the true process's, when given).
 
     Arguments:
         path: output PNG.
@@ -24,6 +30,7 @@ def ais_vs_quadrature(
         levels: level of each check.
         bound_terms: (N, T) per-example level terms of the held-out bound.
         title: figure title.
+        true_terms: (N, T) the true process's level terms on the same paths.
     """
     fig = Figure(figsize=(13.0, 4.2), layout="constrained")
     ax1, ax2, ax3 = fig.subplots(1, 3)
@@ -36,6 +43,10 @@ def ais_vs_quadrature(
     ax2.axhline(0.0, color="k", lw=0.8)
     ax2.set(xlabel="level t", ylabel="AIS - quadrature (nats)", title="error per level")
     _level_bars(ax3, bound_terms, "nats")
+    if true_terms is not None:
+        ax3.plot(np.arange(true_terms.shape[1]), true_terms.mean(0), "r_", ms=22, mew=2,
+                 label="true process")  # fmt: skip
+        ax3.legend()
     fig.suptitle(title)
     _save(fig, path)
 
