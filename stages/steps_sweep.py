@@ -1,5 +1,6 @@
 """DRL against CDRL at equal compute: sample quality (ratio to the held-out floor, over repeated
-draws) against network passes per sample for K = 0, 5, 7, 15, 30 Langevin steps per level."""
+draws) against network passes per sample for K = 0, 5, 7, 15, 30 Langevin steps per level and
+each method's own generation K (its default)."""
 
 from common import input_checks, load_experiment, parser, run_stage
 

@@ -17,7 +17,7 @@ from drlx.samplers.many import sample_many
 from drlx.sharding import make_mesh
 
 # 7: the most steps within a quarter of DRL's 30 (CDRL's claim: DRL's quality at a quarter of its
-# steps)
+# steps); each method's own generation K joins these (`steps_sweep`)
 STEPS = (0, 5, 7, 15, 30)
 
 
@@ -89,7 +89,8 @@ def steps_sweep(
         quality: samples -> the `Draws` of one metric (`repeated_draws`, the same pool and
             seed for every call); its ratio to the held-out floor is the number compared.
         metric: the ratio's name in the rows ("fd_over_floor", "swd_over_floor").
-        steps: the K values; K = 0 only for methods with an initializer.
+        steps: the K values, to which each method's own generation K is added (its default,
+            the reference it is compared at); K = 0 only for methods with an initializer.
 
     Returns:
         {"metric", "rows": [{"method", "langevin_steps_per_level", "network_passes_per_sample",
@@ -98,7 +99,7 @@ def steps_sweep(
     """
     rows, ratios = [], {}
     for method, (exp, ebm) in methods.items():
-        for k in steps:
+        for k in sorted({*steps, exp.eval_sampler.num_steps}):
             if k == 0 and ebm.proposal is None:
                 continue  # DRL without steps is its top-level noise
             samples, seconds = timed_samples(exp, ebm, k)
@@ -116,7 +117,7 @@ def steps_sweep(
     # Welch's test: conservative here, the two methods' draws sharing their held-out splits
     comparisons = []
     reference = max(k for m, k in ratios if m == "drl")
-    for k in steps:
+    for k in sorted({k for _, k in ratios}):
         for base in {k, reference}:
             if ("cdrl", k) in ratios and ("drl", base) in ratios:
                 c = comparison(ratios["cdrl", k], ratios["drl", base])
