@@ -441,6 +441,7 @@ def build(spec: ExperimentSpec) -> Experiment:
         data_seed=spec.seed,
         flip=data.flip,
         initializer_ema_decay=spec.initializer.ema_decay if spec.initializer else None,
+        dequantize=spec.train.dequantize,
     )
     evaluate = EvaluateSettings(
         num_samples=spec.evaluate.num_samples,

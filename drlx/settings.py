@@ -41,6 +41,8 @@ class TrainSettings:
         data_seed: seed of the batches' order and flips.
         flip: random left-right flips of training images.
         initializer_ema_decay: decay of the EMA of CDRL's initializer (None: DRL, none).
+        dequantize: width w of the uniform noise added to each training example per step
+            (None: none).
     """
 
     num_steps: int
@@ -51,6 +53,7 @@ class TrainSettings:
     data_seed: int
     flip: bool
     initializer_ema_decay: float | None
+    dequantize: float | None = None
 
 
 @dataclass(frozen=True)

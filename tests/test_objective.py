@@ -11,11 +11,12 @@ from helpers import random_mlp
 from drlx.builder import build_optimizer, loss_weights
 from drlx.diffusion import drl_linear_schedule
 from drlx.energy import ConditionalEBM
+from drlx.keys import example_keys
 from drlx.objective import recovery_likelihood_loss, recovery_likelihood_terms
 from drlx.samplers.ula import ULA
 from drlx.spec.train import Train
 from drlx.train.loop import CHAIN_DIVERGED_ABS
-from drlx.train.step import init_state, make_train_step
+from drlx.train.step import dequantize, init_state, make_train_step
 
 N = 12
 
@@ -118,8 +119,7 @@ def test_no_gradient_into_negatives(network, batch):
 LR = 1e-3
 
 
-@pytest.fixture(scope="module")
-def step_setup(schedule):
+def _toy_train_step(schedule, dequantize_width=None):
     optimizer = optax.adam(LR)  # constant rate (drlx's warm-up starts at 0: no first update)
     step_sq = schedule.step_size_sq(4e-3)
 
@@ -133,10 +133,53 @@ def step_setup(schedule):
         loss_weights("drl", schedule, schedule.step_size_sq(4e-3)),
         shared_noise=False,
         ema_decay=0.9,
+        dequantize_width=dequantize_width,
     )
+    return step, optimizer
+
+
+@pytest.fixture(scope="module")
+def step_setup(schedule):
+    step, optimizer = _toy_train_step(schedule)
     net = random_mlp(jax.random.key(3), width=16, depth=2)
     x0 = jax.random.normal(jax.random.key(4), (32, 2)) * 0.5
     return step, init_state(net, optimizer), x0
+
+
+def test_dequantize_is_uniform_of_its_width_and_follows_each_examples_key():
+    w, n = 0.125, 4000
+    x0 = jnp.zeros((n, 8))
+    keys = example_keys(jax.random.key(0), n)
+    z = np.asarray(dequantize(x0, w, keys))
+    assert z.min() >= -w / 2 and z.max() < w / 2
+    # U(-w/2, w/2): mean 0, variance w^2 / 12 (sample variance's relative se sqrt(0.8 / N))
+    assert abs(z.mean()) < 5 * w / np.sqrt(12 * z.size)
+    np.testing.assert_allclose(z.var(), w**2 / 12, rtol=0.03)
+    assert np.corrcoef(z[:, 0], z[:, 1])[0, 1] < 0.1  # entries independent
+    perm = np.random.default_rng(0).permutation(n)  # example i's draw depends on its key only
+    np.testing.assert_array_equal(np.asarray(dequantize(x0[perm], w, keys[perm])), z[perm])
+
+
+@pytest.mark.slow
+def test_train_step_dequantizes_the_batch_with_the_examples_keys(schedule, step_setup):
+    """A step with dequantize_width w on x0 is the plain step on x0 + w (u - 1/2), u drawn from
+    fold_in(example key, 4): computed here independently of the step."""
+    plain, state, x0 = step_setup
+    step, _ = _toy_train_step(schedule, dequantize_width=0.3)
+    key = jax.random.key(5)
+    u = np.stack(
+        [
+            np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, i), 4), (2,)))
+            for i in range(x0.shape[0])
+        ]
+    )
+    got, m = step(state, x0, key)
+    want, m_want = plain(state, x0 + 0.3 * (u - 0.5), key)
+    for a, b in zip(leaves(got), leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(float(m["loss"]), float(m_want["loss"]), rtol=1e-5)
+    _, m_plain = plain(state, x0, key)
+    assert float(m_plain["loss"]) != float(m["loss"])
 
 
 @pytest.mark.slow

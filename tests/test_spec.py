@@ -212,6 +212,7 @@ def _literal_choices(spec: ExperimentSpec, path: tuple) -> list:
 SWITCHED_ON = {
     ("initializer",): {"kind": "mlp"},
     ("train", "grad_clip"): 1.0,
+    ("train", "dequantize"): 0.125,
     ("evaluate", "draw_size"): 7,
     ("sampler", "generation"): {"kind": "underdamped"},
     ("condition",): {"on": "class"},

@@ -82,7 +82,13 @@ class ExperimentSpec(Block):
 
 # Fields added after results were published, left out of the dump (hence the hashes) while unset,
 # so that every earlier spec keeps its hashes (and its checkpoints and audited records).
-LATER_OPTIONAL = (("condition",), ("tasks",), ("tasks", "chain"), ("data", "num_classes"))
+LATER_OPTIONAL = (
+    ("condition",),
+    ("tasks",),
+    ("tasks", "chain"),
+    ("data", "num_classes"),
+    ("train", "dequantize"),
+)
 
 
 def _dump(spec: ExperimentSpec, exclude: set[str]) -> dict:

@@ -68,6 +68,7 @@ def fit(
         exp.proposal_std,
         None if cond is None else cond.null,
         0.0 if cond is None else cond.p_uncond,
+        settings.dequantize,
     )
     key = exp.key("train")
     batches = batch_iterator(

@@ -97,6 +97,12 @@ def drop_conditions(c: Array, null: Array, p_uncond: float, keys: PRNGKeyArray) 
     return jnp.where(drop, jnp.asarray(null, c.dtype)[None, :], c)
 
 
+def dequantize(x0: Array, width: float, keys: PRNGKeyArray) -> Array:
+    """x0 + width (u - 1/2), u ~ U[0, 1) per entry; example i's draw uses keys[i]."""
+    draw = lambda k: jax.random.uniform(k, x0.shape[1:], x0.dtype)  # noqa: E731
+    return x0 + width * (jax.vmap(draw)(keys) - 0.5)
+
+
 def make_train_step(
     make_ebm: Callable[..., ConditionalEBM],
     sampler: AbstractSampler,
@@ -109,6 +115,7 @@ def make_train_step(
     proposal_std: Float[Array, " T"] | None = None,
     null: Array | None = None,
     p_uncond: float = 0.0,
+    dequantize_width: float | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """Build the jitted step (docs/method.md §5.3, §11): t ~ U{0..T-1} per example, positives
     y+ = a_{t+1} x_t, negatives from the chain, Adam on the weighted loss, EMA of the weights.
@@ -126,6 +133,8 @@ def make_train_step(
             optimizer, EMA decay and per-level proposal spread v_t (CDRL only).
         null, p_uncond: a conditional model's null condition (M,) and the probability that
             each entry of a training example's condition is replaced by its null token.
+        dequantize_width: train on x0 + w (u - 1/2), u uniform per entry, fresh every step
+            (`dequantize`; None: on x0 as given).
 
     The step is (state, x0, key) for unconditional models, (state, x0, key, c) with the
     examples' conditions c (N, M) for conditional ones (docs/method.md §12).
@@ -142,6 +151,8 @@ def make_train_step(
         ebm = make_ebm(network, state.initializer)
         schedule = ebm.schedule
         keys = example_keys(key, n)  # example i: level, noise and chain from fold_in(key, i)
+        if dequantize_width is not None:
+            x0 = dequantize(x0, dequantize_width, fold_each(keys, 4))
         draw_level = lambda k: jax.random.randint(k, (), 0, schedule.num_levels)  # noqa: E731
         t = jax.vmap(draw_level)(fold_each(keys, 0))
         x_t, x_next = q_sample_pair(schedule, x0, t, fold_each(keys, 1), shared_noise)
