@@ -191,6 +191,7 @@ def test_divergence_is_a_clean_failure_and_writes_no_model(tmp_path):
     result = run_stage_script("train.py", *train_args(spec, data, out))
     assert_clean_failure(result, "the Langevin chains diverged at step 10: ")
     assert "Lower train.learning_rate or sampler.step_size_b2" in result.stderr
+    assert "set train.dequantize to the grid's step" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # no model, no history
 
 

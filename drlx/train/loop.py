@@ -22,7 +22,9 @@ class NonFiniteLossError(DrlxError, FloatingPointError):
 
 def _check(record: dict) -> None:
     advice = (
-        "; the last checkpoint before it is kept. Lower train.learning_rate or sampler.step_size_b2"
+        "; the last checkpoint before it is kept. Lower train.learning_rate or"
+        " sampler.step_size_b2; for data on a coarse grid (the digits' 17 grey levels), set"
+        " train.dequantize to the grid's step (docs/method.md §5.5)"
     )
     if not (np.isfinite(record["loss"]) and np.isfinite(record["grad_norm"])):
         raise NonFiniteLossError(
