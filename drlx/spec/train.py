@@ -33,6 +33,6 @@ class Train(Block):
     # train on x + w (u - 1/2), u ~ U[0, 1) per pixel and step: data on a grid of step w (the
     # digits: w = 0.125) become a continuous density. Without it, a level-0 conditional of data
     # with atoms has no bounded maximum likelihood and long trainings diverge (docs/method.md
-    # §5.3). None: train on the data as they are (the paper's)
+    # §5.5). None: train on the data as they are (the paper's)
     dequantize: float | None = Field(None, gt=0)
     log_every: Steps = 50
