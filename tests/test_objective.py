@@ -9,14 +9,19 @@ import pytest
 from helpers import random_mlp
 
 from drlx.builder import build_optimizer, loss_weights
-from drlx.diffusion import drl_linear_schedule
+from drlx.diffusion import drl_linear_schedule, q_sample_pair
 from drlx.energy import ConditionalEBM
-from drlx.keys import example_keys
+from drlx.keys import example_keys, fold_each
 from drlx.objective import recovery_likelihood_loss, recovery_likelihood_terms
 from drlx.samplers.ula import ULA
 from drlx.spec.train import Train
-from drlx.train.loop import CHAIN_DIVERGED_ABS
-from drlx.train.step import dequantize, init_state, make_train_step
+from drlx.train.loop import (
+    CHAIN_DIVERGED_ABS,
+    ENERGY_GAP_DIVERGED,
+    NonFiniteLossError,
+    check_record,
+)
+from drlx.train.step import dequantize, init_state, make_train_step, negatives
 
 N = 12
 
@@ -180,6 +185,39 @@ def test_train_step_dequantizes_the_batch_with_the_examples_keys(schedule, step_
     np.testing.assert_allclose(float(m["loss"]), float(m_want["loss"]), rtol=1e-5)
     _, m_plain = plain(state, x0, key)
     assert float(m_plain["loss"]) != float(m["loss"])
+
+
+@pytest.mark.slow
+def test_train_step_reports_the_energy_gap_of_its_own_chains(schedule, step_setup):
+    """energy_gap_per_dim = max_i (f(y+_i) - f(y-_i)) / D, f = g / k_t: recomputed here from the
+    step's own draws (same keys) through ConditionalEBM.marginal_log_prob, a different path from
+    the loss terms w_t (g- - g+) that the step divides by w_t k_t ('drl' weights: w_t != 1 / k_t,
+    so a missing factor shows)."""
+    step, state, x0 = step_setup
+    key = jax.random.key(7)
+    _, m = step(state, x0, key)
+    step_sq = schedule.step_size_sq(4e-3)
+    net = state.network.power_iteration()
+    ebm = ConditionalEBM(network=net, schedule=schedule, step_sq=step_sq, g_scale=step_sq)
+    keys = example_keys(key, x0.shape[0])
+    draw = lambda k: jax.random.randint(k, (), 0, schedule.num_levels)  # noqa: E731
+    t = jax.vmap(draw)(fold_each(keys, 0))
+    x_t, x_next = q_sample_pair(schedule, x0, t, fold_each(keys, 1), False)
+    y_pos = schedule.a_out[t + 1][:, None] * x_t
+    y_neg = negatives(ebm, ULA(5, 1.0), x_next, t, fold_each(keys, 2), None, None)
+    gap = ebm.marginal_log_prob(y_pos, t) - ebm.marginal_log_prob(y_neg, t)
+    np.testing.assert_allclose(m["energy_gap_per_dim"], float(jnp.max(gap)) / 2, rtol=1e-4)
+
+
+def test_energy_runaway_is_refused_with_its_step_and_size():
+    """A record whose energy gap exceeds the limit raises (the chains may look fine: MALA's stay
+    put when it rejects); at the limit it passes."""
+    ok = {"step": 50, "loss": -1.0, "grad_norm": 1.0, "chain_max_abs": 2.0}
+    check_record({**ok, "energy_gap_per_dim": ENERGY_GAP_DIVERGED})
+    with pytest.raises(NonFiniteLossError, match=r"energy ran away at step 50: .* 3e\+07 nats"):
+        check_record({**ok, "energy_gap_per_dim": 3e7})
+    with pytest.raises(NonFiniteLossError, match="energy ran away"):
+        check_record({**ok, "energy_gap_per_dim": float("nan")})
 
 
 @pytest.mark.slow

@@ -14,13 +14,21 @@ from drlx.train.step import TrainState
 # means the Langevin chains have diverged (seen: |y-| ~ 1e12 with a still finite loss of -8e12
 # after 3000 good steps, on digits with a batch of 256).
 CHAIN_DIVERGED_ABS = 1e3
+# The energy can also run away while the chains stay put (MALA rejecting every proposal): then
+# the model finds a positive e^(gap) times likelier than its chain's negative. Chains that sample
+# the model give a few nats per dimension (seen, batch maxima early in training: 8.3 on the
+# checkerboard, 1.8 on digits_cdrl); a MALA run that ran away passed 1e3 at step 150 and 1e10
+# later. This many per dimension means the chains no longer sample the model.
+ENERGY_GAP_DIVERGED = 1e4
 
 
 class NonFiniteLossError(DrlxError, FloatingPointError):
     """Training diverged: a NaN or inf loss or gradient, or Langevin chains far off the data."""
 
 
-def _check(record: dict) -> None:
+def check_record(record: dict) -> None:
+    """Raise NonFiniteLossError if a logged step's record shows divergence: a non-finite loss or
+    gradient, chains far off the data, or an energy that ran away from its chains."""
     advice = (
         "; the last checkpoint before it is kept. Lower train.learning_rate or"
         " sampler.step_size_b2; for data on a coarse grid (the digits' 17 grey levels), set"
@@ -39,6 +47,15 @@ def _check(record: dict) -> None:
             f"the Langevin chains diverged at step {record['step']}: the largest |y-| of the "
             f"batch is {chain:.3g}{where}; data lie in [-1, 1], limit {CHAIN_DIVERGED_ABS:g}; loss "
             f"{record['loss']:.3g}" + advice
+        )
+    gap = record.get("energy_gap_per_dim", 0.0)
+    if not gap <= ENERGY_GAP_DIVERGED:
+        raise NonFiniteLossError(
+            f"the energy ran away at step {record['step']}: the model finds a positive "
+            f"{gap:.3g} nats per dimension likelier than its chain's negative (limit "
+            f"{ENERGY_GAP_DIVERGED:g}), so the chains no longer sample it (MALA rejecting every "
+            f"proposal, or steps too short for the energy's slopes); loss {record['loss']:.3g}"
+            + advice
         )
 
 
@@ -95,7 +112,8 @@ def train_loop(
             )
             if log or save:
                 record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-                _check(record)
+                check_record(record)
+                record.pop("energy_gap_per_dim", None)  # checked, not logged
                 if log:
                     history.append(record)
                     bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)

@@ -14,7 +14,7 @@ from drlx.diffusion import q_sample_pair
 from drlx.energy import ConditionalEBM
 from drlx.guidance import Guide, plain
 from drlx.keys import example_keys, fold_each, named_key
-from drlx.objective import recovery_likelihood_loss
+from drlx.objective import recovery_likelihood_terms
 from drlx.samplers.base import AbstractSampler
 
 
@@ -103,6 +103,12 @@ def dequantize(x0: Array, width: float, keys: PRNGKeyArray) -> Array:
     return x0 + width * (jax.vmap(draw)(keys) - 0.5)
 
 
+def _loss_and_terms(network, y_pos, y_neg, t, weights, c):
+    """The recovery-likelihood loss, with its per-example terms as auxiliary output."""
+    terms = recovery_likelihood_terms(network, y_pos, y_neg, t, weights, c)
+    return jnp.mean(terms), jax.lax.stop_gradient(terms)
+
+
 def make_train_step(
     make_ebm: Callable[..., ConditionalEBM],
     sampler: AbstractSampler,
@@ -164,7 +170,7 @@ def make_train_step(
             c = drop_conditions(c, null, p_uncond, fold_each(keys, 3))
             guide = plain(c)
         y_neg = negatives(ebm, sampler, x_next, t, chain_keys, dropout_key, guide)
-        loss, grads = eqx.filter_value_and_grad(recovery_likelihood_loss)(
+        (loss, terms), grads = eqx.filter_value_and_grad(_loss_and_terms, has_aux=True)(
             network, y_pos, y_neg, t, weights, c
         )
         network, opt_state = _update(network, grads, optimizer, state.opt_state)
@@ -173,11 +179,16 @@ def make_train_step(
         )
         # a diverging chain shows here long before the loss stops being finite
         chain_abs = jnp.max(jnp.abs(y_neg).reshape(n, -1), axis=1)
+        # f(y+) - f(y-) = -term / (w_t k_t): how much likelier (nats) the model finds each
+        # positive than its chain's negative, energy part only (the tether's part is bounded by
+        # the chain's excursion, checked above); per dimension, its batch maximum
+        gap = -terms / (weights[t] * ebm.g_scale[t])
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "chain_max_abs": jnp.max(chain_abs),
             "chain_max_level": t[jnp.argmax(chain_abs)],
+            "energy_gap_per_dim": jnp.max(gap) / y_pos[0].size,
         }
         if state.initializer is None:
             return new_state, metrics
