@@ -16,9 +16,10 @@ from drlx.train.step import TrainState
 CHAIN_DIVERGED_ABS = 1e3
 # The energy can also run away while the chains stay put (MALA rejecting every proposal): then
 # the model finds a positive e^(gap) times likelier than its chain's negative. Chains that sample
-# the model give a few nats per dimension (seen, batch maxima early in training: 8.3 on the
-# checkerboard, 1.8 on digits_cdrl); a MALA run that ran away passed 1e3 at step 150 and 1e10
-# later. This many per dimension means the chains no longer sample the model.
+# the model give tens at most (seen, batch maxima over the first 100-300 steps, when they are
+# largest: 17.6 on eight_gaussians_cdrl, 8.3 on the checkerboard, 3.0 on digits_class, 1.8 on
+# digits_cdrl, 1.7 on digits); a MALA run that ran away passed 1e3 at step 150 and 1e10 later.
+# This many per dimension means the chains no longer sample the model.
 ENERGY_GAP_DIVERGED = 1e4
 
 
