@@ -24,7 +24,8 @@ ENERGY_GAP_DIVERGED = 1e4
 
 
 class NonFiniteLossError(DrlxError, FloatingPointError):
-    """Training diverged: a NaN or inf loss or gradient, or Langevin chains far off the data."""
+    """Training diverged: a NaN or inf loss or gradient, Langevin chains far off the data, or an
+    energy that ran away from its chains."""
 
 
 def check_record(record: dict) -> None:
