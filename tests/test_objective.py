@@ -20,6 +20,7 @@ from drlx.train.loop import (
     ENERGY_GAP_DIVERGED,
     NonFiniteLossError,
     check_record,
+    train_loop,
 )
 from drlx.train.step import dequantize, init_state, make_train_step, negatives
 
@@ -218,6 +219,18 @@ def test_energy_runaway_is_refused_with_its_step_and_size():
         check_record({**ok, "energy_gap_per_dim": 3e7})
     with pytest.raises(NonFiniteLossError, match="energy ran away"):
         check_record({**ok, "energy_gap_per_dim": float("nan")})
+
+
+@pytest.mark.slow
+def test_history_keeps_its_fields(step_setup):
+    """The energy gap is checked at every logged step but not written to the history, whose
+    records keep the fields the committed train_loss.json files have."""
+    step, state, x0 = step_setup
+    batches = iter([x0] * 2)
+    _, history = train_loop(state, step, batches, jax.random.key(0), 2, 1, progress=False)
+    assert [r["step"] for r in history] == [1, 2]
+    for record in history:
+        assert set(record) == {"step", "loss", "grad_norm", "chain_max_abs", "chain_max_level"}
 
 
 @pytest.mark.slow
