@@ -30,3 +30,9 @@ def per_example_normal(keys: PRNGKeyArray, tag: int | Array, like: Array) -> Arr
     """Standard normal noise shaped like `like`; example i's draw uses fold_in(keys[i], tag)."""
     draw = lambda k: jax.random.normal(k, like.shape[1:], like.dtype)  # noqa: E731
     return jax.vmap(draw)(fold_each(keys, tag))
+
+
+def per_example_uniform(keys: PRNGKeyArray, tag: int | Array, like: Array) -> Array:
+    """U[0, 1) noise shaped like `like`; example i's draw uses fold_in(keys[i], tag)."""
+    draw = lambda k: jax.random.uniform(k, like.shape[1:], like.dtype)  # noqa: E731
+    return jax.vmap(draw)(fold_each(keys, tag))

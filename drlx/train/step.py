@@ -13,7 +13,7 @@ from drlx.cooperative import initializer_loss
 from drlx.diffusion import q_sample_pair
 from drlx.energy import ConditionalEBM
 from drlx.guidance import Guide, plain
-from drlx.keys import example_keys, fold_each, named_key
+from drlx.keys import example_keys, fold_each, named_key, per_example_uniform
 from drlx.objective import recovery_likelihood_terms
 from drlx.samplers.base import AbstractSampler
 
@@ -97,10 +97,10 @@ def drop_conditions(c: Array, null: Array, p_uncond: float, keys: PRNGKeyArray) 
     return jnp.where(drop, jnp.asarray(null, c.dtype)[None, :], c)
 
 
-def dequantize(x0: Array, width: float, keys: PRNGKeyArray) -> Array:
-    """x0 + width (u - 1/2), u ~ U[0, 1) per entry; example i's draw uses keys[i]."""
-    draw = lambda k: jax.random.uniform(k, x0.shape[1:], x0.dtype)  # noqa: E731
-    return x0 + width * (jax.vmap(draw)(keys) - 0.5)
+def dequantize(x0: Array, width: float, keys: PRNGKeyArray, tag: int = 4) -> Array:
+    """x0 + width (u - 1/2), u ~ U[0, 1) per entry; example i's draw uses fold_in(keys[i], tag)
+    (tag 4: the step's other draws use 0-3)."""
+    return x0 + width * (per_example_uniform(keys, tag, x0) - 0.5)
 
 
 def _loss_and_terms(network, y_pos, y_neg, t, weights, c):
@@ -158,7 +158,7 @@ def make_train_step(
         schedule = ebm.schedule
         keys = example_keys(key, n)  # example i: level, noise and chain from fold_in(key, i)
         if dequantize_width is not None:
-            x0 = dequantize(x0, dequantize_width, fold_each(keys, 4))
+            x0 = dequantize(x0, dequantize_width, keys)
         draw_level = lambda k: jax.random.randint(k, (), 0, schedule.num_levels)  # noqa: E731
         t = jax.vmap(draw_level)(fold_each(keys, 0))
         x_t, x_next = q_sample_pair(schedule, x0, t, fold_each(keys, 1), shared_noise)
